@@ -1,0 +1,30 @@
+# The two commands: `make serve` and `make test`. Both create .venv when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+export CUTOUT_DATA_DIR ?= $(CURDIR)/var
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: venv serve test clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Start the service in the foreground on http://127.0.0.1:8000 (CPU, results under var/).
+serve: $(STAMP)
+	$(BIN)/cutout token init-local local
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/serve run serve_config.yaml
+
+## Run the whole test suite.
+test: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,188 @@
+"""Ingress deployment: HTTP routing, auth, request validation, orchestration, error mapping.
+
+Routes: ``POST /product/cutout``, ``GET /results/<name>`` (signed result URLs of local
+storage), ``GET /healthz``. In-cluster callers use :meth:`Ingress.cutout` through the app handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from deployments.errors import to_cutout_error
+from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
+from pipeline.request import CutoutRequest, parse_body, parse_fields
+from pipeline.service import CutoutOptions
+from pipeline.settings import Settings
+from pipeline.storage import RESULTS_ROUTE
+from pipeline.tokens import TokenStore, validate_org
+
+logger = logging.getLogger("ray.serve")
+
+CUTOUT_ROUTE = "/product/cutout"
+HEALTH_ROUTE = "/healthz"
+TOKEN_HEADERS = ("api_token", "api-token")
+HEALTH_TIMEOUT_S = 2.0
+
+
+def error_response(error: CutoutError, request_id: str) -> JSONResponse:
+    """The JSON error response of SPEC.md, with ``Retry-After`` where the error has one."""
+    headers = {"X-Request-Id": request_id}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
+    return JSONResponse(error.to_body(), status_code=error.status, headers=headers)
+
+
+@serve.deployment(name="Ingress")
+class Ingress:
+    """Orchestrates fetcher -> (moderator) -> segmenter -> uploader for each request."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        fetcher: DeploymentHandle,
+        segmenter: DeploymentHandle,
+        moderator: DeploymentHandle,
+        uploader: DeploymentHandle,
+    ) -> None:
+        self.settings = settings
+        self.tokens = TokenStore(settings.tokens_file)
+        self.fetcher = fetcher
+        self.segmenter = segmenter
+        self.moderator = moderator
+        self.uploader = uploader
+
+    async def __call__(self, request: Request) -> Response:
+        """Route an HTTP request."""
+        request_id = secrets.token_hex(8)
+        started = time.monotonic()
+        path = request.url.path
+        org = "-"
+        try:
+            if path == CUTOUT_ROUTE:
+                if request.method != "POST":
+                    raise CutoutError(405, "method_not_allowed", "Use POST.", None)
+                org = self._authenticate(request)
+                body = await self._read_body(request)
+                result = await self._run(org, parse_body(body), request_id)
+                response: Response = JSONResponse(result, headers={"X-Request-Id": request_id})
+            elif path.startswith(RESULTS_ROUTE) and request.method in ("GET", "HEAD"):
+                response = await self._result(request)
+            elif path == HEALTH_ROUTE:
+                response = await self._health()
+            else:
+                raise CutoutError(404, "not_found", "No such route.", None)
+        except Exception as exc:  # every failure becomes a JSON error; details go to the log only
+            error = to_cutout_error(exc, request_id)
+            response = error_response(error, request_id)
+        if path != HEALTH_ROUTE:
+            logger.info(
+                "request %s org=%s %s %s -> %d in %.0f ms",
+                request_id, org, request.method, path if not path.startswith(RESULTS_ROUTE) else RESULTS_ROUTE + "...",
+                response.status_code, 1000 * (time.monotonic() - started),
+            )
+        return response
+
+    async def cutout(
+        self,
+        org: str,
+        sku: str | None = None,
+        image_url: str | None = None,
+        file: str | None = None,
+        force_rmbg: bool = False,
+        preserve_alpha: bool = False,
+        content_moderation: bool = False,
+    ) -> dict[str, Any]:
+        """In-cluster entry point: the JSON body's fields plus the organization.
+
+        Returns:
+            The same body as a 200 of ``POST /product/cutout``.
+
+        Raises:
+            CutoutError: The same typed error the HTTP API maps to a status.
+        """
+        request_id = secrets.token_hex(8)
+        try:
+            validate_org(org)
+        except ValueError as exc:
+            raise bad_request("invalid_parameter", str(exc), "org") from None
+        fields = {
+            "sku": sku,
+            "image_url": image_url,
+            "file": file,
+            "force_rmbg": force_rmbg,
+            "preserve_alpha": preserve_alpha,
+            "content_moderation": content_moderation,
+        }
+        try:
+            return await self._run(org, parse_fields(fields), request_id)
+        except Exception as exc:
+            raise to_cutout_error(exc, request_id) from None
+
+    def _authenticate(self, request: Request) -> str:
+        token = next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), None)
+        org = self.tokens.lookup(token)
+        if org is None:
+            raise unauthorized()
+        return org
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_request_body
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+            raise too_large("request_too_large", f"The request body is larger than {limit} bytes.", None)
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise too_large("request_too_large", f"The request body is larger than {limit} bytes.", None)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _run(self, org: str, req: CutoutRequest, request_id: str) -> dict[str, Any]:
+        try:
+            return await asyncio.wait_for(self._pipeline(org, req, request_id), timeout=self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise unavailable("The request took too long; try again.", retry_after=5, internal="request timeout") from None
+
+    async def _pipeline(self, org: str, req: CutoutRequest, request_id: str) -> dict[str, Any]:
+        # Chained DeploymentResponses: the decoded image goes from the fetcher to the other
+        # stages through Ray's object store, never back through this replica.
+        loaded = self.fetcher.load.remote(req.image_url, req.file, req.force_rmbg)
+        if req.content_moderation:
+            await self.moderator.check_input.remote(loaded)
+        probability = self.segmenter.segment.remote(loaded)
+        options = CutoutOptions(org, req.sku, req.force_rmbg, req.preserve_alpha, request_id)
+        return await self.uploader.finish.remote(loaded, probability, options, req.content_moderation)
+
+    async def _result(self, request: Request) -> Response:
+        name = request.url.path[len(RESULTS_ROUTE):]
+        query = request.query_params
+        png = await self.uploader.read.remote(name, query.get("expires"), query.get("signature"))
+        remaining = max(0, int(query.get("expires", "0")) - int(time.time()))
+        headers = {"Cache-Control": f"private, max-age={remaining}", "X-Content-Type-Options": "nosniff"}
+        return Response(png if request.method == "GET" else b"", media_type="image/png", headers=headers)
+
+    async def _health(self) -> Response:
+        stages = {"fetcher": self.fetcher, "segmenter": self.segmenter, "moderator": self.moderator, "uploader": self.uploader}
+
+        async def probe(handle: DeploymentHandle) -> bool:
+            try:
+                return bool(await asyncio.wait_for(handle.ready.remote(), timeout=HEALTH_TIMEOUT_S))
+            except Exception:
+                return False
+
+        results = await asyncio.gather(*(probe(h) for h in stages.values()))
+        status = {name: ("ready" if ok else "unavailable") for name, ok in zip(stages, results)}
+        ok = all(results)
+        headers = {} if ok else {"Retry-After": "5"}
+        return JSONResponse({"status": "ok" if ok else "unavailable", "stages": status}, status_code=200 if ok else 503, headers=headers)

@@ -1,0 +1,41 @@
+"""Segmenter deployment: the model, batched with ``@serve.batch``; GPU when configured."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+from ray import serve
+
+from pipeline.service import LoadedImage
+from pipeline.settings import Settings
+
+
+@serve.deployment(name="Segmenter")
+class Segmenter:
+    """Receives model-sized inputs only and returns low-resolution probability maps."""
+
+    def __init__(self, settings: Settings) -> None:
+        import ray
+
+        from pipeline.segment import Segmenter as Model
+
+        threads = settings.torch_threads or max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        self.model = Model(settings.segmenter_model, settings.segmenter_device, settings.model_cache_dir, threads)
+        self._infer.set_max_batch_size(settings.segmenter_batch_size)
+        self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def _infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        probabilities = await asyncio.to_thread(self.model.predict, np.stack(inputs))
+        return list(probabilities)
+
+    async def segment(self, loaded: LoadedImage) -> np.ndarray | None:
+        """The probability map for the image, or None when its output alpha needs no model."""
+        if loaded.model_input is None:
+            return None
+        return await self._infer(loaded.model_input)
+
+    async def ready(self) -> bool:
+        """Used by ``/healthz``."""
+        return True

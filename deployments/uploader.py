@@ -1,0 +1,49 @@
+"""Uploader deployment: full-resolution finishing, output moderation, PNG encoding, storage, URL signing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import numpy as np
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from pipeline.service import CutoutOptions, Finisher, LoadedImage
+from pipeline.settings import Settings
+
+logger = logging.getLogger("ray.serve")
+
+
+@serve.deployment(name="Uploader")
+class Uploader:
+    """Owns the result storage; asks the moderator before it stores anything."""
+
+    def __init__(self, settings: Settings, moderator: DeploymentHandle) -> None:
+        self.finisher = Finisher(settings)
+        self.moderator = moderator
+        self._cleaner = asyncio.get_event_loop().create_task(self._clean_forever(min(300, settings.result_url_ttl_s / 4)))
+
+    async def _clean_forever(self, period_s: float) -> None:
+        while True:
+            with contextlib.suppress(Exception):
+                removed = await asyncio.to_thread(self.finisher.cleanup)
+                if removed:
+                    logger.info("deleted %d expired result files", removed)
+            await asyncio.sleep(period_s)
+
+    async def finish(self, loaded: LoadedImage, probability: np.ndarray | None, options: CutoutOptions, moderate: bool) -> dict:
+        """Compose the cutout, moderate it if asked, then store it and return the 200 body."""
+        rgba, crop = await asyncio.to_thread(self.finisher.compose, loaded, probability, options)
+        if moderate:
+            await self.moderator.check_output.remote(rgba)
+        return await asyncio.to_thread(self.finisher.store, loaded, rgba, crop, options)
+
+    async def read(self, name: str, expires: str | None, signature: str | None) -> bytes:
+        """A stored result for ``GET /results/...``."""
+        return await asyncio.to_thread(self.finisher.read, name, expires, signature)
+
+    async def ready(self) -> bool:
+        """Used by ``/healthz``."""
+        return True

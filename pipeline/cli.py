@@ -1,0 +1,105 @@
+"""The ``cutout`` command: tokens and settings.
+
+    cutout token create ORG            print a new token for ORG (alone on one line)
+    cutout token revoke TOKEN_OR_ID    remove a token
+    cutout token list                  ids, organizations and dates (never tokens)
+    cutout token init-local [ORG]      first start of `make serve`: a token for ORG in a 0600 file
+    cutout settings [--check]          the settings table, or validate the current settings
+
+The tokens file is the one the service uses: ``args`` of ``serve_config.yaml`` (``--config``)
+overridden by ``CUTOUT_*`` environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from pipeline import tokens
+from pipeline.settings import Settings, SettingsError, load_settings, settings_table
+
+APP_NAME = "product_cutout"
+
+
+def config_args(config: Path) -> dict[str, Any]:
+    """The ``args:`` of the product_cutout application in a Serve config file ({} if absent)."""
+    if not config.exists():
+        return {}
+    import yaml
+
+    data = yaml.safe_load(config.read_text()) or {}
+    for app in data.get("applications", []):
+        if app.get("name") == APP_NAME:
+            return dict(app.get("args") or {})
+    return {}
+
+
+def _settings(config: Path) -> Settings:
+    return load_settings(config_args(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cutout`` console script."""
+    parser = argparse.ArgumentParser(prog="cutout", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path("serve_config.yaml"), help="Serve config to read args from")
+    sub = parser.add_subparsers(dest="command", required=True)
+    tok = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
+    tok.add_parser("create", help="create a token").add_argument("org")
+    tok.add_parser("revoke", help="revoke a token (by token or id)").add_argument("token_or_id")
+    tok.add_parser("list", help="list token records")
+    init = tok.add_parser("init-local", help="create a token for ORG once, kept in <data_dir>/<ORG>.token")
+    init.add_argument("org", nargs="?", default="local")
+    st = sub.add_parser("settings", help="print the settings table or check the current settings")
+    st.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "settings":
+            if args.check:
+                s = _settings(args.config)
+                print(f"settings are valid (data_dir={s.data_dir})")
+            else:
+                print(settings_table())
+            return 0
+        settings = _settings(args.config)
+    except SettingsError as exc:
+        print(f"cutout: {exc}", file=sys.stderr)
+        return 2
+    path = Path(settings.tokens_file or "")
+    try:
+        if args.action == "create":
+            print(tokens.create_token(path, args.org))
+        elif args.action == "revoke":
+            removed = tokens.revoke(path, args.token_or_id)
+            print(f"revoked {removed} token(s)", file=sys.stderr)
+            return 0 if removed else 1
+        elif args.action == "list":
+            for r in tokens.read_records(path):
+                print(f"{r.id}\t{r.org}\t{r.created}")
+        elif args.action == "init-local":
+            return _init_local(settings, path, args.org)
+    except ValueError as exc:
+        print(f"cutout: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _init_local(settings: Settings, path: Path, org: str) -> int:
+    token_file = settings.data_dir / f"{org}.token"
+    if token_file.exists() and tokens.TokenStore(path).lookup(token_file.read_text().strip()) == org:
+        print(f"API token for org '{org}': {token_file}")
+        return 0
+    token = tokens.create_token(path, org)
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    print(f"Created an API token for org '{org}' in {token_file} (its hash is in {path}).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""From decoded image and model mask to the cropped RGBA cutout (the alpha table of SPEC.md).
+
+| input    | force_rmbg | preserve_alpha | output alpha                                   |
+|----------|------------|----------------|------------------------------------------------|
+| no alpha | any        | any            | model mask                                     |
+| alpha    | false      | true           | input alpha, exactly                           |
+| alpha    | false      | false          | input alpha made binary (>= 128 opaque)        |
+| alpha    | true       | true           | min(model mask, input alpha)                   |
+| alpha    | true       | false          | model mask (on the image composited over white)|
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from pipeline.errors import no_product_found
+from pipeline.imageio import DecodedImage, composite_over_white
+
+BINARY_ALPHA_THRESHOLD = 128
+
+
+def needs_model(image: DecodedImage, force_rmbg: bool) -> bool:
+    """Whether the model's mask is part of the output alpha."""
+    return not image.has_alpha or force_rmbg
+
+
+def segmentation_source(image: DecodedImage) -> np.ndarray:
+    """The RGB pixels the model should see: the image itself, or composited over white."""
+    if image.alpha is None:
+        return image.rgb
+    return composite_over_white(image.rgb, image.alpha)
+
+
+def normalize_probability(prob: np.ndarray, min_confidence: float) -> np.ndarray | None:
+    """Stretch the model's probability map to [0, 1]; None when nothing is confidently foreground.
+
+    Args:
+        prob: (h, w) float probabilities from the model.
+        min_confidence: If the highest probability is below this, there is no product.
+    """
+    hi = float(prob.max())
+    lo = float(prob.min())
+    if hi < min_confidence:
+        return None
+    if hi - lo < 1e-6:
+        return np.ones_like(prob, dtype=np.float32)
+    return ((prob - lo) / (hi - lo)).astype(np.float32)
+
+
+def upsample_mask(mask: np.ndarray, width: int, height: int, cutoff: float) -> np.ndarray:
+    """Resize a low-resolution [0, 1] mask to the image and quantise it to uint8 alpha.
+
+    Values below ``cutoff`` become 0 and above ``1 - cutoff`` become 255, so that faint noise
+    does not widen the crop and the inside of the product is solid.
+    """
+    full = np.asarray(Image.fromarray(mask.astype(np.float32), "F").resize((width, height), Image.BILINEAR))
+    if cutoff > 0:
+        full = (full - cutoff) / (1.0 - 2.0 * cutoff)
+    return np.clip(full * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def output_alpha(image: DecodedImage, model_alpha: np.ndarray | None, force_rmbg: bool, preserve_alpha: bool) -> np.ndarray:
+    """The output alpha, by the table in this module's docstring.
+
+    Args:
+        image: The decoded input.
+        model_alpha: Full-resolution uint8 model mask, or None when the model was not needed.
+        force_rmbg: Run the model even if the input has alpha.
+        preserve_alpha: Keep the input's alpha values.
+
+    Raises:
+        CutoutError: 422 no_product_found when the model was needed but found nothing.
+    """
+    if needs_model(image, force_rmbg):
+        if model_alpha is None:
+            raise no_product_found()
+        if image.alpha is not None and preserve_alpha:
+            return np.minimum(model_alpha, image.alpha)
+        return model_alpha
+    assert image.alpha is not None  # needs_model is False only with an input alpha
+    if preserve_alpha:
+        return image.alpha
+    return np.where(image.alpha >= BINARY_ALPHA_THRESHOLD, 255, 0).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Crop:
+    """The cut-out box in the input's pixel grid (after EXIF rotation)."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+    def as_dict(self) -> dict[str, int]:
+        """JSON form of SPEC.md's ``crop``."""
+        return {"left": self.left, "top": self.top, "width": self.width, "height": self.height}
+
+
+def bounding_box(alpha: np.ndarray) -> Crop:
+    """The bounding box of the non-transparent pixels.
+
+    Raises:
+        CutoutError: 422 no_product_found when every pixel is transparent.
+    """
+    rows = np.flatnonzero(alpha.any(axis=1))
+    if rows.size == 0:
+        raise no_product_found()
+    cols = np.flatnonzero(alpha[rows[0] : rows[-1] + 1].any(axis=0))
+    return Crop(int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
+
+
+def cutout(image: DecodedImage, alpha: np.ndarray) -> tuple[np.ndarray, Crop]:
+    """Crop the image to the alpha's bounding box and attach the alpha.
+
+    Fully transparent pixels get RGB 0 so that nothing hidden behind them leaks into the file.
+
+    Returns:
+        The (h, w, 4) uint8 RGBA cutout and its crop box.
+    """
+    box = bounding_box(alpha)
+    ys = slice(box.top, box.top + box.height)
+    xs = slice(box.left, box.left + box.width)
+    a = alpha[ys, xs]
+    rgba = np.empty((box.height, box.width, 4), dtype=np.uint8)
+    rgba[..., :3] = image.rgb[ys, xs]
+    rgba[..., 3] = a
+    rgba[a == 0, :3] = 0
+    return rgba, box

@@ -1,0 +1,169 @@
+"""The stages of one cutout as plain Python, shared by the Serve deployments and by in-process use.
+
+Each class is what one deployment holds: :class:`ImageLoader` (fetcher), :class:`Finisher`
+(uploader). The segmenter and moderator wrap :mod:`pipeline.segment` and
+:mod:`pipeline.moderation` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline import compose, imageio
+from pipeline.errors import moderation_failed
+from pipeline.fetch import Fetcher, FetchLimits, Resolver
+from pipeline.moderation import NudityDetector, Policy, over_white
+from pipeline.netguard import AddressPolicy
+from pipeline.settings import Settings
+from pipeline.storage import LocalStorage, load_or_create_key
+
+# Input size of each registered model (kept here so that stages without torch know it).
+MODEL_INPUT_SIZE = {"u2netp": 320}
+
+
+@dataclass
+class LoadedImage:
+    """A decoded input and, when the model is needed, its model-sized copy.
+
+    Attributes:
+        image: Full-resolution pixels.
+        model_input: (S, S, 3) uint8 for the segmenter, or None when the model is not needed.
+    """
+
+    image: imageio.DecodedImage
+    model_input: np.ndarray | None
+
+
+class ImageLoader:
+    """Fetches or decodes the request's image under the configured limits.
+
+    Args:
+        settings: Service settings.
+        resolver: DNS resolver for ``image_url`` (tests inject one).
+        verify: TLS verification for downloads.
+    """
+
+    def __init__(self, settings: Settings, resolver: Resolver | None = None, verify: bool | str = True) -> None:
+        self.settings = settings
+        self.model_size = MODEL_INPUT_SIZE[settings.segmenter_model]
+        limits = FetchLimits(
+            max_bytes=settings.max_src_file_size,
+            connect_timeout_s=settings.download_connect_timeout_s,
+            total_timeout_s=settings.download_timeout_s,
+            max_redirects=settings.max_redirects,
+            allowed_hosts=settings.allowed_sources,
+        )
+        self.fetcher = Fetcher(AddressPolicy(settings.allowed_source_networks), limits, resolver, verify)
+
+    async def load(self, image_url: str | None, file: str | None, force_rmbg: bool) -> LoadedImage:
+        """Download or decode, then prepare the model input (decoding runs in a worker thread).
+
+        Raises:
+            CutoutError: Any input error of SPEC.md (400, 404, 413, 415, 460).
+        """
+        if image_url:
+            data, parameter = await self.fetcher.fetch(image_url), "image_url"
+        else:
+            data, parameter = imageio.decode_base64(file or "", self.settings.max_src_file_size), "file"
+        return await asyncio.to_thread(self.decode, data, parameter, force_rmbg)
+
+    def decode(self, data: bytes, parameter: str, force_rmbg: bool) -> LoadedImage:
+        """Decode bytes and prepare the model input (CPU-bound)."""
+        image = imageio.decode_image(data, parameter, self.settings.max_src_pixels)
+        model_input = None
+        if compose.needs_model(image, force_rmbg):
+            model_input = imageio.model_input(compose.segmentation_source(image), self.model_size)
+        return LoadedImage(image, model_input)
+
+
+class ContentModerator:
+    """The moderation policy applied to inputs and outputs.
+
+    Args:
+        policy: Blocking categories and threshold.
+        threads: onnxruntime threads.
+    """
+
+    def __init__(self, policy: Policy, threads: int = 1) -> None:
+        self.policy = policy
+        self.detector = NudityDetector(threads)
+
+    def check_input(self, loaded: LoadedImage) -> None:
+        """Raise a 422 if the input, as a viewer sees it, fails the policy."""
+        image = loaded.image
+        rgb = image.rgb if image.alpha is None else imageio.composite_over_white(image.rgb, image.alpha)
+        self._check(rgb, "input")
+
+    def check_output(self, rgba: np.ndarray) -> None:
+        """Raise a 422 if the cutout, shown on white, fails the policy."""
+        self._check(over_white(rgba), "output")
+
+    def _check(self, rgb: np.ndarray, stage: str) -> None:
+        violations = self.policy.violations(self.detector.detect(rgb))
+        if violations:
+            raise moderation_failed(stage, violations)
+
+
+@dataclass(frozen=True)
+class CutoutOptions:
+    """The per-request choices the finishing stage needs."""
+
+    org: str
+    sku: str | None
+    force_rmbg: bool
+    preserve_alpha: bool
+    request_id: str
+
+
+class Finisher:
+    """Turns an image and a model mask into a stored, signed cutout.
+
+    Args:
+        settings: Service settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        key = settings.url_signing_key.get_secret_value().encode() if settings.url_signing_key else None
+        key = key or load_or_create_key(settings.data_dir / "url-signing.key")
+        self.storage = LocalStorage(settings.results_dir, key, settings.result_url_ttl_s, settings.public_base_url)
+
+    def compose(self, loaded: LoadedImage, probability: np.ndarray | None, options: CutoutOptions) -> tuple[np.ndarray, compose.Crop]:
+        """The cropped RGBA cutout (CPU-bound).
+
+        Raises:
+            CutoutError: 422 no_product_found.
+        """
+        image = loaded.image
+        model_alpha = None
+        if probability is not None:
+            mask = compose.normalize_probability(probability, self.settings.segmenter_min_confidence)
+            if mask is not None:
+                model_alpha = compose.upsample_mask(mask, image.width, image.height, self.settings.segmenter_alpha_cutoff)
+        alpha = compose.output_alpha(image, model_alpha, options.force_rmbg, options.preserve_alpha)
+        return compose.cutout(image, alpha)
+
+    def store(self, loaded: LoadedImage, rgba: np.ndarray, crop: compose.Crop, options: CutoutOptions) -> dict[str, Any]:
+        """Encode, store and sign; return the 200 body of SPEC.md (CPU- and disk-bound)."""
+        png = imageio.encode_png(rgba, self.settings.png_compress_level)
+        metadata = {"sku": options.sku, "request_id": options.request_id, "model": self.settings.segmenter_model}
+        name = self.storage.put(options.org, png, metadata)
+        return {
+            "result_url": self.storage.signed_url(name),
+            "sku": options.sku,
+            "crop": crop.as_dict(),
+            "source": {"width": loaded.image.width, "height": loaded.image.height},
+        }
+
+    def read(self, name: str, expires: str | None, signature: str | None) -> bytes:
+        """A stored result, if its URL's signature is valid and unexpired."""
+        return self.storage.read_signed(name, expires, signature)
+
+    def cleanup(self) -> int:
+        """Delete expired results."""
+        return self.storage.cleanup()
+

@@ -1,0 +1,278 @@
+"""Service settings: one typed, documented, validated record.
+
+Values come from three layers, later ones winning: the defaults below, the ``args:`` of the
+application in ``serve_config.yaml``, and environment variables ``CUTOUT_<NAME>`` (upper-case
+field name). Every problem is reported at once, naming the setting, when the application is
+built, so a bad value stops the start-up instead of failing a request later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "CUTOUT_"
+MIB = 1024 * 1024
+
+# NudeNet 3.x detector labels (the shipped 320n model).
+MODERATION_LABELS = (
+    "FEMALE_GENITALIA_COVERED",
+    "FACE_FEMALE",
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "ANUS_EXPOSED",
+    "FEET_EXPOSED",
+    "BELLY_COVERED",
+    "FEET_COVERED",
+    "ARMPITS_COVERED",
+    "ARMPITS_EXPOSED",
+    "FACE_MALE",
+    "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "ANUS_COVERED",
+    "FEMALE_BREAST_COVERED",
+    "BUTTOCKS_COVERED",
+)
+DEFAULT_MODERATION_BLOCK = (
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "BUTTOCKS_EXPOSED",
+    "ANUS_EXPOSED",
+)
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; the message lists every problem, by setting name."""
+
+
+def _doc(description: str, unit: str | None = None, secret: bool = False) -> dict[str, Any]:
+    extra: dict[str, Any] = {"unit": unit or ""}
+    if secret:
+        extra["secret"] = True
+    return {"description": description, "json_schema_extra": extra}
+
+
+class Settings(BaseModel):
+    """Every setting of the service. See the README for the table generated from this class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        Path("var"),
+        **_doc("Folder for local state: tokens, results, URL signing key, converted weights. Relative paths are resolved against the working directory at start-up.", "path"),
+    )
+    tokens_file: Path | None = Field(
+        None,
+        **_doc("Tokens file (hashes only, one organization per token). Default: `<data_dir>/tokens.json`.", "path"),
+    )
+    storage_uri: str | None = Field(
+        None,
+        **_doc("Where results are stored: a local folder (the embedded default, `<data_dir>/results`).", "path"),
+    )
+    public_base_url: str = Field(
+        "http://127.0.0.1:8000",
+        **_doc("Base of the result URLs that the service serves itself (local storage). Set it to the address clients use.", "URL"),
+    )
+    url_signing_key: SecretStr | None = Field(
+        None,
+        **_doc("HMAC key that signs result URLs (at least 32 characters). Default: a random key generated at first start and kept in `<data_dir>/url-signing.key`.", "secret", secret=True),
+    )
+    result_url_ttl_s: int = Field(3600, ge=1, le=7 * 24 * 3600, **_doc("Lifetime of a result URL; the stored result is deleted after it.", "seconds"))
+    max_src_file_size: int = Field(12 * MIB, ge=1024, le=512 * MIB, **_doc("Largest accepted image, after base64 decoding or as downloaded.", "bytes"))
+    max_src_resolution: float = Field(50.0, gt=0, le=500, **_doc("Largest accepted image, checked from the header before decoding.", "megapixels"))
+    max_request_body: int = Field(
+        0,
+        ge=0,
+        **_doc("Largest accepted request body. 0 means base64 of `max_src_file_size` plus 64 KiB for the other fields.", "bytes"),
+    )
+    allowed_source_networks: tuple[str, ...] = Field(
+        (),
+        **_doc("CIDRs that `image_url` may reach although they are not public (internal CDN; `127.0.0.0/8` for tests). Comma-separated in the environment. **Weakens SSRF protection**: open only what you must.", "CIDR list"),
+    )
+    allowed_sources: tuple[str, ...] = Field(
+        (),
+        **_doc("If set, `image_url` hosts must be one of these names (or a subdomain of an entry that starts with `.`). Empty: any public host.", "host list"),
+    )
+    max_redirects: int = Field(5, ge=0, le=20, **_doc("Redirects followed for `image_url`, each one checked again.", "count"))
+    download_connect_timeout_s: float = Field(5.0, gt=0, le=60, **_doc("Connect timeout for `image_url`.", "seconds"))
+    download_timeout_s: float = Field(20.0, gt=0, le=300, **_doc("Deadline for the whole download of `image_url`, redirects included.", "seconds"))
+    moderation_block: tuple[str, ...] = Field(
+        DEFAULT_MODERATION_BLOCK,
+        **_doc("NudeNet categories that fail moderation. Comma-separated in the environment.", "category list"),
+    )
+    moderation_threshold: float = Field(0.5, gt=0, lt=1, **_doc("Detector score at or above which a blocking category counts.", "score 0..1"))
+    segmenter_model: Literal["u2netp"] = Field("u2netp", **_doc("Segmentation model.", "name"))
+    segmenter_device: Literal["cpu", "cuda"] = Field(
+        "cpu",
+        **_doc("Where the segmenter runs. `cuda` also makes the segmenter replica ask Ray for one GPU.", "device"),
+    )
+    segmenter_min_confidence: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        **_doc("If the model's highest foreground probability stays below this, the answer is 422 `no_product_found`.", "probability"),
+    )
+    segmenter_alpha_cutoff: float = Field(
+        0.04,
+        ge=0,
+        lt=0.5,
+        **_doc("Mask values below this become fully transparent and values above 1 minus this fully opaque, so the crop is tight and the product solid.", "fraction"),
+    )
+    segmenter_batch_size: int = Field(4, ge=1, le=256, **_doc("Most images the segmenter runs in one forward pass (`@serve.batch`).", "images"))
+    segmenter_batch_wait_s: float = Field(0.005, ge=0, le=1, **_doc("How long the segmenter waits to fill a batch.", "seconds"))
+    torch_threads: int = Field(0, ge=0, le=256, **_doc("CPU threads per segmenter replica; 0 = one per CPU that Ray gives the replica (at least 1).", "threads"))
+    request_timeout_s: float = Field(60.0, gt=0, le=600, **_doc("Longest a cutout request may take end to end; past it the answer is 503 and the work is cancelled.", "seconds"))
+    png_compress_level: int = Field(6, ge=0, le=9, **_doc("zlib level of the result PNG.", "0..9"))
+
+    @field_validator("allowed_source_networks")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = []
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                bad.append(cidr)
+        if bad:
+            raise ValueError(f"not a CIDR: {', '.join(bad)}")
+        return value
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        pattern = re.compile(r"^\.?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+        bad = [h for h in value if not pattern.match(h.lower())]
+        if bad:
+            raise ValueError(f"not a host name: {', '.join(bad)}")
+        return tuple(h.lower() for h in value)
+
+    @field_validator("moderation_block")
+    @classmethod
+    def _labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        upper = tuple(v.strip().upper() for v in value if v.strip())
+        bad = [v for v in upper if v not in MODERATION_LABELS]
+        if bad:
+            raise ValueError(f"unknown category {', '.join(bad)}; known: {', '.join(MODERATION_LABELS)}")
+        return upper
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError("must be an http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("url_signing_key")
+    @classmethod
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _storage(cls, value: str | None) -> str | None:
+        if value and "://" in value and not value.startswith("file://"):
+            raise ValueError("only a local folder is supported by this version")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve(self) -> "Settings":
+        data_dir = self.data_dir.expanduser().resolve()
+        object.__setattr__(self, "data_dir", data_dir)
+        tokens = (self.tokens_file or data_dir / "tokens.json").expanduser().resolve()
+        object.__setattr__(self, "tokens_file", tokens)
+        storage = self.storage_uri or str(data_dir / "results")
+        storage = storage.removeprefix("file://")
+        object.__setattr__(self, "storage_uri", str(Path(storage).expanduser().resolve()))
+        if self.max_request_body == 0:
+            object.__setattr__(self, "max_request_body", 4 * ((self.max_src_file_size + 2) // 3) + 64 * 1024)
+        return self
+
+    @property
+    def max_src_pixels(self) -> int:
+        """The pixel limit as a pixel count."""
+        return int(self.max_src_resolution * 1_000_000)
+
+    @property
+    def results_dir(self) -> Path:
+        """The local results folder."""
+        return Path(self.storage_uri or "")
+
+    @property
+    def model_cache_dir(self) -> Path:
+        """Where converted weights are cached."""
+        return self.data_dir / "models"
+
+
+LIST_FIELDS = {name for name, f in Settings.model_fields.items() if "tuple" in str(f.annotation)}
+
+
+def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    values: dict[str, Any] = {}
+    unknown = []
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in Settings.model_fields:
+            unknown.append(key)
+            continue
+        if name in LIST_FIELDS:
+            values[name] = tuple(p.strip() for p in raw.split(",") if p.strip())
+        elif raw == "" and Settings.model_fields[name].default is None:
+            values[name] = None
+        else:
+            values[name] = raw
+    return values, unknown
+
+
+def load_settings(args: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from ``args`` and the environment, reporting every problem at once.
+
+    Args:
+        args: The application's ``args:`` from ``serve_config.yaml``.
+        environ: Environment to read ``CUTOUT_*`` overrides from (default: ``os.environ``).
+
+    Raises:
+        SettingsError: Naming each invalid or unknown setting.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    for key, value in (args or {}).items():
+        merged[key] = tuple(value) if key in LIST_FIELDS and isinstance(value, list) else value
+    env_values, _unknown = _from_env(environ)
+    merged.update(env_values)
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "settings"
+            source = f"{ENV_PREFIX}{name.upper()}" if name in env_values else f"args.{name}"
+            problems.append(f"{source}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def settings_table() -> str:
+    """The README's settings table, generated from the model so that the two stay in step."""
+    rows = ["| environment variable | meaning | unit | default |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        extra = field.json_schema_extra or {}
+        default = field.default
+        if isinstance(default, tuple):
+            default = ",".join(default) if default else "(empty)"
+        elif default is None:
+            default = "(see meaning)"
+        elif name == "max_request_body" and default == 0:
+            default = "0 (auto)"
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {field.description} | {extra.get('unit', '')} | `{default}` |")
+    return "\n".join(rows)

@@ -1,0 +1,143 @@
+"""Result storage on local disk (the embedded default), with HMAC-signed expiring URLs.
+
+Objects are named ``ORG/YYYY/MM/DD/<128-bit random id>.png``; a JSON sidecar holds the
+metadata. Writes are atomic (temporary file, then rename), so a failed request leaves nothing
+half-written. The service serves the files itself at ``/results/<name>?expires=..&signature=..``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import CutoutError
+
+RESULTS_ROUTE = "/results/"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}/\d{4}/\d{2}/\d{2}/[0-9a-f]{32}\.png$")
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """Read the URL signing key at ``path``, creating it (0600, 256 random bits) if absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another replica may be writing it right now
+            key = path.read_text().strip()
+            if key:
+                return key.encode()
+            time.sleep(0.02)
+        raise RuntimeError(f"URL signing key file {path} is empty") from None
+    key = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key.encode()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class LocalStorage:
+    """Stores results in a folder and signs URLs for them.
+
+    Args:
+        root: The results folder.
+        signing_key: HMAC key for URLs.
+        ttl_s: URL lifetime; files are deleted after it.
+        public_base_url: Scheme and host the URLs start with.
+    """
+
+    def __init__(self, root: Path, signing_key: bytes, ttl_s: int, public_base_url: str) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._key = signing_key
+        self.ttl_s = ttl_s
+        self.base = public_base_url.rstrip("/")
+
+    def put(self, org: str, png: bytes, metadata: dict[str, Any], now: float | None = None) -> str:
+        """Store a PNG and its metadata; return the object name."""
+        now = time.time() if now is None else now
+        day = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y/%m/%d")
+        name = f"{org}/{day}/{secrets.token_hex(16)}.png"
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"content_type": "image/png", "created": int(now), **metadata}
+        _atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
+        try:
+            _atomic_write(path, png)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                path.with_suffix(".json").unlink()
+            raise
+        return name
+
+    def _signature(self, name: str, expires: int) -> str:
+        return hmac.new(self._key, f"{name}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def signed_url(self, name: str, now: float | None = None) -> str:
+        """A URL for ``name`` that works for ``ttl_s`` seconds from ``now``."""
+        now = time.time() if now is None else now
+        expires = int(now) + self.ttl_s
+        return f"{self.base}{RESULTS_ROUTE}{name}?expires={expires}&signature={self._signature(name, expires)}"
+
+    def read_signed(self, name: str, expires: str | None, signature: str | None, now: float | None = None) -> bytes:
+        """Return the object if the signature is valid and not expired.
+
+        Raises:
+            CutoutError: 403 for a bad or expired signature, 404 for a missing object.
+        """
+        now = time.time() if now is None else now
+        if not _NAME.match(name) or not expires or not expires.isdigit() or not signature:
+            raise CutoutError(403, "invalid_signature", "The result URL is not valid.", None)
+        if not hmac.compare_digest(self._signature(name, int(expires)), signature):
+            raise CutoutError(403, "invalid_signature", "The result URL is not valid.", None)
+        if int(expires) <= now:
+            raise CutoutError(403, "url_expired", "The result URL has expired.", None)
+        try:
+            return (self.root / name).read_bytes()
+        except FileNotFoundError:
+            raise CutoutError(404, "result_not_found", "The result no longer exists.", None) from None
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        """The metadata stored with ``name``."""
+        return json.loads((self.root / name).with_suffix(".json").read_text())
+
+    def cleanup(self, now: float | None = None) -> int:
+        """Delete results older than the URL lifetime (and stray partial files); return the count."""
+        now = time.time() if now is None else now
+        removed = 0
+        for path in self.root.rglob("*"):
+            if not path.is_file():
+                continue
+            try:
+                age = now - path.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            stale_part = path.name.startswith(".part-") and age > 600
+            if stale_part or (path.suffix in (".png", ".json") and age > self.ttl_s):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed += 1
+        for folder in sorted((p for p in self.root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only empty day folders go
+        return removed

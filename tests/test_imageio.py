@@ -1,0 +1,147 @@
+"""Decoding untrusted bytes: formats by magic, limits from the header, awkward real files."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import CutoutError
+from pipeline.imageio import composite_over_white, decode_base64, decode_image, sniff
+from tests.images import encode, product_photo, rgba_with_alpha
+
+MP = 1_000_000
+
+
+def decode(data: bytes, max_pixels: int = 50 * MP):
+    return decode_image(data, "file", max_pixels)
+
+
+def status_of(fn, *args) -> tuple[int, str, str | None]:
+    with pytest.raises(CutoutError) as info:
+        fn(*args)
+    return info.value.status, info.value.reason, info.value.parameter
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_supported_formats_decode_to_rgb(fmt):
+    im = product_photo(80, 60)
+    out = decode(encode(im, fmt, **({"quality": 95} if fmt != "PNG" else {})))
+    assert out.rgb.shape == (60, 80, 3) and out.rgb.dtype == np.uint8
+    assert out.alpha is None
+    assert out.format == fmt.lower()
+    # the red product is still red in the middle
+    r, g, b = out.rgb[33, 40].astype(int)
+    assert r > 150 and g < 80 and b < 80
+
+
+@pytest.mark.parametrize("fmt,expected", [("GIF", "gif"), ("BMP", "bmp"), ("TIFF", "tiff")])
+def test_other_formats_are_415_even_with_an_image_name(fmt, expected):
+    data = encode(product_photo(40, 30), fmt)
+    assert sniff(data) == expected
+    assert status_of(decode, data)[:2] == (415, "unsupported_format")
+
+
+def test_random_bytes_are_415_and_truncated_jpeg_is_400():
+    assert status_of(decode, b"hello world, not an image")[0] == 415
+    jpeg = encode(product_photo(200, 150), "JPEG")
+    status, reason, parameter = status_of(decode, jpeg[: len(jpeg) // 2])
+    assert (status, reason, parameter) == (400, "corrupt_image", "file")
+
+
+def test_corrupt_png_is_400():
+    png = bytearray(encode(product_photo(50, 40), "PNG"))
+    png[60:80] = b"\x00" * 20  # garbage in the IDAT stream / CRC
+    assert status_of(decode, bytes(png))[0] == 400
+
+
+def test_pixel_limit_is_checked_from_the_header_before_decoding():
+    # A 1-bit PNG of 10000 x 6000 (60 MP) is a few kB: a classic decompression bomb.
+    bomb = encode(Image.new("1", (10000, 6000)), "PNG")
+    assert len(bomb) < 200_000
+    status, reason, _ = status_of(decode, bomb)
+    assert (status, reason) == (413, "resolution_too_large")
+    # the boundary: exactly at the limit passes, one pixel more fails
+    im = encode(Image.new("RGB", (100, 50)), "PNG")
+    assert decode(im, max_pixels=5000).width == 100
+    assert status_of(decode_image, im, "file", 4999)[0] == 413
+
+
+def test_exif_orientation_is_applied():
+    im = product_photo(80, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    out = decode(encode(im, "JPEG", exif=exif.tobytes(), quality=95))
+    assert (out.width, out.height) == (40, 80)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    out = decode(encode(product_photo(80, 60).convert("CMYK"), "JPEG", quality=95))
+    assert out.rgb.shape == (60, 80, 3)
+    r, g, b = out.rgb[33, 40].astype(int)
+    assert r > 150 and g < 90 and b < 90
+
+
+def test_16_bit_greyscale_png_is_scaled_not_clipped():
+    arr = np.full((20, 30), 32768, np.uint16)  # mid-grey in 16 bits
+    im = Image.fromarray(arr, "I;16")
+    out = decode(encode(im, "PNG"))
+    assert abs(int(out.rgb[5, 5, 0]) - 128) <= 1
+
+
+def test_greyscale_alpha_and_palette_transparency_give_alpha():
+    la = Image.fromarray(np.dstack([np.full((10, 10), 90, np.uint8), np.tile(np.arange(10, dtype=np.uint8) * 20, (10, 1))]), "LA")
+    out = decode(encode(la, "PNG"))
+    assert out.alpha is not None and out.alpha[0, 3] == 60 and tuple(out.rgb[0, 0]) == (90, 90, 90)
+
+    p = Image.new("P", (10, 10), 0)
+    p.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    p.paste(1, (0, 0, 5, 10))
+    out = decode(encode(p, "PNG", transparency=0))
+    assert out.alpha is not None
+    assert out.alpha[:, :5].min() == 255 and out.alpha[:, 5:].max() == 0
+
+
+def test_fully_opaque_alpha_counts_as_no_alpha():
+    rgba = Image.new("RGBA", (10, 10), (10, 20, 30, 255))
+    assert decode(encode(rgba, "PNG")).alpha is None
+
+
+def test_rgba_keeps_partial_alpha_exactly():
+    im, alpha = rgba_with_alpha()
+    out = decode(encode(im, "PNG"))
+    assert np.array_equal(out.alpha, alpha)
+
+
+def test_animated_webp_uses_first_frame():
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 0, 255))]
+    data = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True)
+    out = decode(data)
+    assert tuple(out.rgb[10, 10]) == (255, 0, 0)
+
+
+def test_base64_accepts_data_url_and_line_breaks_and_refuses_junk():
+    raw = encode(product_photo(20, 10), "PNG")
+    text = base64.b64encode(raw).decode()
+    assert decode_base64(text, 10**6) == raw
+    assert decode_base64("data:image/png;base64," + text, 10**6) == raw
+    assert decode_base64("\n".join(text[i : i + 76] for i in range(0, len(text), 76)), 10**6) == raw
+    assert status_of(decode_base64, text[:-3] + "*==", 10**6)[:2] == (400, "invalid_base64")
+    assert status_of(decode_base64, "abc", 10**6)[0] == 400
+
+
+def test_base64_byte_limit_boundary():
+    raw = b"\xff\xd8\xff" + b"x" * 997  # 1000 bytes
+    text = base64.b64encode(raw).decode()
+    assert len(decode_base64(text, 1000)) == 1000
+    status, reason, parameter = status_of(decode_base64, text, 999)
+    assert (status, reason, parameter) == (413, "file_too_large", "file")
+
+
+def test_composite_over_white():
+    rgb = np.zeros((1, 3, 3), np.uint8)
+    alpha = np.array([[0, 128, 255]], np.uint8)
+    out = composite_over_white(rgb, alpha)
+    assert out[0, 0, 0] == 255 and out[0, 2, 0] == 0 and 126 <= out[0, 1, 0] <= 128
