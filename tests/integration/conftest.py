@@ -1,0 +1,183 @@
+"""Starts the real Serve application once per test session and speaks HTTP to it on loopback.
+
+The cluster is a real local Ray head (``ray start``) and the application is deployed from a
+copy of ``serve_config.yaml`` by ``serve run`` — the same path ``make serve`` takes — with test
+args: a temporary data folder, a free port, loopback opened for ``image_url``, a short URL
+lifetime (given through the environment, to exercise the ``CUTOUT_*`` overrides), and a
+moderation policy that also blocks faces so that moderation can be seen on benign photos.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from pipeline import tokens
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+TTL_S = 12
+START_TIMEOUT_S = 420
+FACE_POLICY = ["FACE_FEMALE", "FACE_MALE", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    """A plain HTTP server on loopback serving ``files`` (path -> bytes); 404 otherwise."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files: dict[str, bytes] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            if self.path == "/fail":
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.files = files  # type: ignore[attr-defined]
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"  # type: ignore[attr-defined]
+    yield httpd
+    httpd.shutdown()
+
+
+@dataclass
+class Service:
+    """The running application, as tests see it."""
+
+    url: str
+    data_dir: Path
+    ray_address: str
+    token: str
+    other_token: str
+    log_dir: Path
+    env: dict
+
+    def post(self, body: dict | bytes, token: str | None = "default", **kw) -> requests.Response:
+        headers = kw.pop("headers", {})
+        if token is not None:
+            headers["api_token"] = self.token if token == "default" else token
+        if isinstance(body, bytes):
+            return requests.post(self.url + "/product/cutout", data=body, headers=headers, timeout=120, **kw)
+        return requests.post(self.url + "/product/cutout", json=body, headers=headers, timeout=120, **kw)
+
+
+def _ray_bin(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else shutil.which(name) or name
+
+
+@pytest.fixture(scope="session")
+def service() -> Service:
+    data_dir = Path(tempfile.mkdtemp(prefix="cutout-it-"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    port, ray_port = free_port(), free_port()
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = port
+    app = config["applications"][0]
+    app["args"].update(
+        data_dir=str(data_dir),
+        public_base_url=f"http://127.0.0.1:{port}",
+        allowed_source_networks=["127.0.0.0/8"],
+        moderation_block=FACE_POLICY,
+    )
+    for deployment in app["deployments"]:  # one replica each keeps the 2-core CI machine calm
+        deployment["autoscaling_config"]["max_replicas"] = 1
+    config_path = data_dir / "serve_config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    token_path = data_dir / "tokens.json"
+    token = tokens.create_token(token_path, "acme")
+    other = tokens.create_token(token_path, "other")
+
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "CUTOUT_RESULT_URL_TTL_S": str(TTL_S),
+        "PYTHONPATH": str(ROOT),
+    }
+    ray_address = f"127.0.0.1:{ray_port}"
+    log = open(data_dir / "serve-run.log", "wb")
+    # --block keeps the head in this process group, so the fixture stops this cluster only.
+    head = subprocess.Popen(
+        [_ray_bin("ray"), "start", "--head", "--block", f"--port={ray_port}", "--num-cpus=2",
+         "--include-dashboard=false", f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    _wait_for_port(ray_port, head)
+    proc = subprocess.Popen(
+        [_ray_bin("serve"), "run", str(config_path), "--address", ray_address],
+        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    ready = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                ready = True
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    service = Service(url, data_dir, ray_address, token, other, ray_tmp, env)
+    try:
+        if not ready:
+            log.flush()
+            tail = (data_dir / "serve-run.log").read_text(errors="replace")[-4000:]
+            pytest.fail(f"the Serve application did not become healthy in {START_TIMEOUT_S}s:\n{tail}")
+        yield service
+    finally:
+        _stop(proc, signal.SIGINT)
+        _stop(head, signal.SIGTERM)
+        log.close()
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"the Ray head did not start on port {port}")
+
+
+def _stop(proc: subprocess.Popen, sig: int) -> None:
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
