@@ -1,0 +1,43 @@
+"""The cluster manifests agree with the configs and the settings they name are valid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from pipeline.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = {"Ingress", "Fetcher", "Moderator", "Segmenter", "Uploader"}
+
+
+def test_rayservice_embeds_the_gpu_serve_config():
+    manifest = yaml.safe_load((ROOT / "cluster" / "rayservice.yaml").read_text())
+    embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    assert embedded == yaml.safe_load((ROOT / "cluster" / "serve_config.gpu.yaml").read_text())
+    assert manifest["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
+    gpu = next(g for g in manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    res = gpu["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["template"]["spec"]["tolerations"]
+    text = (ROOT / "cluster" / "rayservice.yaml").read_text()
+    assert "secretKeyRef" in text and "url-signing-key" in text
+
+
+def test_every_config_has_each_stage_and_valid_args(tmp_path):
+    for path in (ROOT / "serve_config.yaml", ROOT / "cluster" / "serve_config.gpu.yaml"):
+        config = yaml.safe_load(path.read_text())
+        app = config["applications"][0]
+        assert app["name"] == "product_cutout" and app["route_prefix"] == "/"
+        assert app["import_path"] == "deployments.app:build_app"
+        deployments = {d["name"]: d for d in app["deployments"]}
+        assert set(deployments) == STAGES, path
+        for d in deployments.values():
+            assert "autoscaling_config" in d and "ray_actor_options" in d
+        args = {**app["args"], "data_dir": str(tmp_path)}
+        settings = load_settings(args, environ={})
+        if settings.segmenter_device == "cuda":
+            assert deployments["Segmenter"]["ray_actor_options"].get("num_gpus") == 1
+        seg = deployments["Segmenter"]
+        assert seg["max_ongoing_requests"] >= 2 * settings.segmenter_batch_size
