@@ -1,0 +1,1 @@
+"""Segmentation model architectures (PyTorch) and their weight loaders."""

@@ -1,0 +1,74 @@
+"""U²-Net-p in PyTorch: shapes, preprocessing, and equality with onnxruntime on real photos."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline.models.u2netp import INPUT_SIZE, MEAN, STD, U2NetP, preprocess
+from pipeline.models.u2netp_weights import U2NETP_ONNX_SHA256, load_u2netp, sha256_of, shipped_onnx_path
+from tests.images import eval_image, have_eval
+
+PHOTOS = ["banana1.png", "person1.jpg", "106024.jpg", "teddy.jpg", "scissors.JPG"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return load_u2netp(tmp_path_factory.mktemp("weights"))
+
+
+def test_random_weights_forward_shapes():
+    torch.manual_seed(0)
+    m = U2NetP().eval()
+    with torch.inference_mode():
+        y = m(torch.randn(2, 3, 96, 96))
+        z = m.forward_all(torch.randn(1, 3, 50, 75))
+    assert y.shape == (2, 1, 96, 96) and len(z) == 7 and z[0].shape == (1, 1, 50, 75)
+    assert not torch.isnan(y).any() and y.min() >= 0 and y.max() <= 1
+
+
+def test_preprocess_matches_rembg_normalisation_and_never_nan():
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 200, (2, 8, 8, 3), dtype=np.uint8)
+    x = preprocess(batch).numpy()
+    for i in range(2):
+        im = batch[i] / np.max(batch[i])
+        ref = np.stack([(im[..., c] - MEAN[c]) / STD[c] for c in range(3)])
+        assert np.allclose(x[i], ref, atol=1e-6)
+    assert not np.isnan(preprocess(np.zeros((1, 4, 4, 3), np.uint8)).numpy()).any()
+
+
+@pytest.mark.skipif(not have_eval(), reason="../shared/eval (real photos) is absent")
+def test_torch_model_equals_onnxruntime_on_real_photos(model):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(shipped_onnx_path()), options, providers=["CPUExecutionProvider"])
+    for name in PHOTOS:
+        im = Image.open(eval_image(name)).convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), Image.LANCZOS)
+        x = preprocess(np.asarray(im)[None])
+        reference = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.inference_mode():
+            ours = model.forward_all(x)
+        for k, (a, b) in enumerate(zip(ours, reference)):
+            diff = float(np.abs(a.numpy() - b).max())
+            assert diff <= 1e-4, f"{name} output d{k}: max abs difference {diff}"
+
+
+def test_weights_cached_once_and_hash_checked(tmp_path):
+    load_u2netp(tmp_path)
+    cached = list(tmp_path.glob("u2netp-*.safetensors"))
+    assert len(cached) == 1 and cached[0].name == f"u2netp-{U2NETP_ONNX_SHA256[:12]}.safetensors"
+    stamp = os.stat(cached[0]).st_mtime_ns
+    load_u2netp(tmp_path)
+    assert os.stat(cached[0]).st_mtime_ns == stamp  # reused, not converted again
+    bad = tmp_path / "u2netp.onnx"
+    bad.write_bytes(shipped_onnx_path().read_bytes() + b"\0")
+    assert sha256_of(bad) != U2NETP_ONNX_SHA256
+    with pytest.raises(ValueError, match="sha256"):
+        load_u2netp(tmp_path / "other", onnx_path=bad)
