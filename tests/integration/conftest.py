@@ -10,6 +10,7 @@ moderation policy that also blocks faces so that moderation can be seen on benig
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -124,6 +125,10 @@ def service() -> Service:
         "RAY_USAGE_STATS_ENABLED": "0",
         "CUTOUT_RESULT_URL_TTL_S": str(TTL_S),
         "PYTHONPATH": str(ROOT),
+        # The cluster's own token (Ray 2.60 token auth), shared by the head, `serve run` and
+        # the separate driver of the handle test, like RAY_AUTH_TOKEN in a KubeRay pod.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
     }
     ray_address = f"127.0.0.1:{ray_port}"
     log = open(data_dir / "serve-run.log", "wb")
