@@ -4,10 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-export CUTOUT_DATA_DIR ?= $(CURDIR)/var
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: venv serve test clean
+.PHONY: venv serve test eval clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +17,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 ## Start the service in the foreground on http://127.0.0.1:8000 (CPU, results under var/).
+serve: export CUTOUT_DATA_DIR ?= $(CURDIR)/var
 serve: $(STAMP)
 	$(BIN)/cutout token init-local local
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/serve run serve_config.yaml
@@ -25,6 +25,10 @@ serve: $(STAMP)
 ## Run the whole test suite.
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+## Score cutout quality on ../shared/eval (IoU, MAE, boundary F, edge colour error).
+eval: $(STAMP)
+	$(BIN)/cutout eval
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

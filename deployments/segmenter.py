@@ -21,7 +21,15 @@ class Segmenter:
         from pipeline.segment import Segmenter as Model
 
         threads = settings.torch_threads or max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-        self.model = Model(settings.segmenter_model, settings.segmenter_device, settings.model_cache_dir, threads)
+        self.model = Model(
+            settings.segmenter_model,
+            settings.segmenter_device,
+            settings.model_cache_dir,
+            threads,
+            weights_uri=settings.segmenter_weights_uri,
+            weights_sha256=settings.segmenter_weights_sha256,
+            dtype=settings.segmenter_dtype,
+        )
         self._infer.set_max_batch_size(settings.segmenter_batch_size)
         self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)
 

@@ -5,6 +5,8 @@
     cutout token list                  ids, organizations and dates (never tokens)
     cutout token init-local [ORG]      first start of `make serve`: a token for ORG in a 0600 file
     cutout settings [--check]          the settings table, or validate the current settings
+    cutout eval [--set S] [--predictions NAME=DIR ...]
+                                       quality of the real pipeline on ../shared/eval (see docs/quality.md)
 
 The tokens file is the one the service uses: ``args`` of ``serve_config.yaml`` (``--config``)
 overridden by ``CUTOUT_*`` environment variables.
@@ -54,7 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("org", nargs="?", default="local")
     st = sub.add_parser("settings", help="print the settings table or check the current settings")
     st.add_argument("--check", action="store_true")
+    ev = sub.add_parser("eval", help="score the pipeline on images with ground truth")
+    ev.add_argument("--eval-dir", type=Path, default=None, help="default: ../shared/eval beside the checkout")
+    ev.add_argument("--set", choices=("grabcut", "composites", "all"), default="all")
+    ev.add_argument("--predictions", action="append", default=[], metavar="NAME=DIR", help="score another tool's RGBA outputs")
+    ev.add_argument("--limit", type=int, default=0, help="at most this many images per set (0: all)")
+    ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument("--pictures", type=Path, default=None, help="write side-by-side pictures (input | ours | predictions) here")
+    ev.add_argument("--picture-ids", default="grabcut/llama,grabcut/flower,grabcut/teddy,composite/lemur_cutout+beach,composite/shoe_tilt_2+0002")
     args = parser.parse_args(argv)
+    if args.command == "eval":
+        return _eval(args)
 
     try:
         if args.command == "settings":
@@ -85,6 +97,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cutout: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import itertools
+
+    from pipeline import evalsets, evaluate
+    from pipeline.segment import Segmenter
+
+    settings = _settings(args.config)
+    root = args.eval_dir or evalsets.default_eval_dir()
+    if not root.is_dir():
+        print(f"cutout: no evaluation folder at {root}", file=sys.stderr)
+        return 2
+    segmenter = Segmenter(settings.segmenter_model, "cpu", settings.model_cache_dir, args.threads,
+                          settings.segmenter_weights_uri, settings.segmenter_weights_sha256)
+    sets = ("grabcut", "composites") if args.set == "all" else (args.set,)
+    samples = itertools.chain.from_iterable(
+        itertools.islice(evalsets.samples(root, s), args.limit or None) for s in sets
+    )
+    predictions = dict(p.split("=", 1) for p in args.predictions)
+    if args.pictures:
+        _pictures(args, root, segmenter, predictions)
+    results = evaluate.evaluate(segmenter, samples, predictions={k: Path(v) for k, v in predictions.items()},
+                                progress=lambda sid: print(f"  {sid}", file=sys.stderr))
+    print(f"model: {settings.segmenter_model}\n")
+    print(evaluate.report(results))
+    return 0
+
+
+def _pictures(args: argparse.Namespace, root: Path, segmenter, predictions: dict[str, str]) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from pipeline import evalsets, evaluate
+
+    wanted = set(args.picture_ids.split(","))
+    args.pictures.mkdir(parents=True, exist_ok=True)
+    for sample in evalsets.samples(root):
+        if sample.id not in wanted:
+            continue
+        alpha, rgb = evaluate.run_pipeline(segmenter, sample, evaluate.Config("default"))
+        panels = [(rgb, alpha)]
+        for folder in predictions.values():
+            out = np.asarray(Image.open(Path(folder) / (sample.id.replace("/", "__") + ".png")).convert("RGBA"))
+            panels.append((out[..., :3], out[..., 3]))
+        name = sample.id.replace("/", "__") + ".jpg"
+        evaluate.side_by_side(sample, panels).save(args.pictures / name, quality=90)
 
 
 def _init_local(settings: Settings, path: Path, org: str) -> int:

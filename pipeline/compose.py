@@ -12,14 +12,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from PIL import Image
 
+from pipeline import refine
 from pipeline.errors import no_product_found
 from pipeline.imageio import DecodedImage, composite_over_white
 
 BINARY_ALPHA_THRESHOLD = 128
+AUTO_GUIDED_FACTOR = 3
 
 
 def needs_model(image: DecodedImage, force_rmbg: bool) -> bool:
@@ -50,16 +53,39 @@ def normalize_probability(prob: np.ndarray, min_confidence: float) -> np.ndarray
     return ((prob - lo) / (hi - lo)).astype(np.float32)
 
 
-def upsample_mask(mask: np.ndarray, width: int, height: int, cutoff: float) -> np.ndarray:
-    """Resize a low-resolution [0, 1] mask to the image and quantise it to uint8 alpha.
+def quantise(alpha: np.ndarray, cutoff: float) -> np.ndarray:
+    """A [0, 1] float alpha as uint8, with faint values cut off.
 
     Values below ``cutoff`` become 0 and above ``1 - cutoff`` become 255, so that faint noise
     does not widen the crop and the inside of the product is solid.
     """
-    full = np.asarray(Image.fromarray(mask.astype(np.float32), "F").resize((width, height), Image.BILINEAR))
     if cutoff > 0:
-        full = (full - cutoff) / (1.0 - 2.0 * cutoff)
-    return np.clip(full * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        alpha = (alpha - cutoff) * (1.0 / (1.0 - 2.0 * cutoff))
+    return np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def upsample_mask(mask: np.ndarray, width: int, height: int, cutoff: float) -> np.ndarray:
+    """Resize a low-resolution [0, 1] mask bilinearly to the image and quantise it."""
+    full = np.asarray(Image.fromarray(mask.astype(np.float32), "F").resize((width, height), Image.BILINEAR))
+    return quantise(full, cutoff)
+
+
+def full_alpha(mask: np.ndarray, image: DecodedImage, mode: str, cutoff: float, model_size: int) -> np.ndarray:
+    """The model's [0, 1] mask as full-resolution uint8 alpha.
+
+    Args:
+        mask: (h, w) normalised mask.
+        image: The decoded input (its pixels guide the edges).
+        mode: ``guided``, ``bilinear`` or ``auto`` (guided when the image's long side is at
+            least three times ``model_size``: below that the guided filter measured no gain).
+        cutoff: See :func:`quantise`.
+        model_size: The model's input side.
+    """
+    if mode == "auto":
+        mode = "guided" if max(image.width, image.height) >= AUTO_GUIDED_FACTOR * model_size else "bilinear"
+    if mode == "guided":
+        return quantise(refine.refine_edges(mask, segmentation_source(image)), cutoff)
+    return upsample_mask(mask, image.width, image.height, cutoff)
 
 
 def output_alpha(image: DecodedImage, model_alpha: np.ndarray | None, force_rmbg: bool, preserve_alpha: bool) -> np.ndarray:
@@ -80,10 +106,10 @@ def output_alpha(image: DecodedImage, model_alpha: np.ndarray | None, force_rmbg
         if image.alpha is not None and preserve_alpha:
             return np.minimum(model_alpha, image.alpha)
         return model_alpha
-    assert image.alpha is not None  # needs_model is False only with an input alpha
+    input_alpha = image.alpha if image.alpha is not None else np.full((image.height, image.width), 255, np.uint8)
     if preserve_alpha:
-        return image.alpha
-    return np.where(image.alpha >= BINARY_ALPHA_THRESHOLD, 255, 0).astype(np.uint8)
+        return input_alpha
+    return np.where(input_alpha >= BINARY_ALPHA_THRESHOLD, 255, 0).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -113,10 +139,20 @@ def bounding_box(alpha: np.ndarray) -> Crop:
     return Crop(int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1))
 
 
-def cutout(image: DecodedImage, alpha: np.ndarray) -> tuple[np.ndarray, Crop]:
+def cutout(
+    image: DecodedImage,
+    alpha: np.ndarray,
+    foreground: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> tuple[np.ndarray, Crop]:
     """Crop the image to the alpha's bounding box and attach the alpha.
 
     Fully transparent pixels get RGB 0 so that nothing hidden behind them leaks into the file.
+
+    Args:
+        image: The decoded input.
+        alpha: Full-resolution output alpha.
+        foreground: Optional ``(rgb_crop, alpha_crop) -> rgb_crop`` colour estimation for
+            semi-transparent pixels, run on the crop only.
 
     Returns:
         The (h, w, 4) uint8 RGBA cutout and its crop box.
@@ -126,7 +162,7 @@ def cutout(image: DecodedImage, alpha: np.ndarray) -> tuple[np.ndarray, Crop]:
     xs = slice(box.left, box.left + box.width)
     a = alpha[ys, xs]
     rgba = np.empty((box.height, box.width, 4), dtype=np.uint8)
-    rgba[..., :3] = image.rgb[ys, xs]
+    rgba[..., :3] = image.rgb[ys, xs] if foreground is None else foreground(image.rgb[ys, xs], a)
     rgba[..., 3] = a
     rgba[a == 0, :3] = 0
     return rgba, box

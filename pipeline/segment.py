@@ -6,38 +6,72 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.models.registry import ModelSpec, get_spec
+
+_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
+def preprocess(batch: np.ndarray, spec: ModelSpec):
+    """Normalise (N, H, W, 3) uint8 RGB as the model was trained; returns (N, 3, H, W) float32."""
+    import torch
+
+    x = torch.from_numpy(np.array(batch, dtype=np.uint8, copy=True)).float()
+    if spec.normalisation == "image_max":
+        x = x / x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
+    else:
+        x = x / 255.0
+    mean = torch.tensor(spec.mean).view(1, 1, 1, 3)
+    std = torch.tensor(spec.std).view(1, 1, 1, 3)
+    return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+
 
 class Segmenter:
-    """Runs a salient-object model on batches of model-sized images.
+    """Runs a registered salient-object model on batches of model-sized images.
 
     Args:
-        model: Registered model name (``u2netp``).
+        model: Registry name.
         device: ``cpu`` or ``cuda``.
-        cache_dir: Where converted weights are cached.
+        cache_dir: Where weights are downloaded and converted.
         threads: Torch intra-op threads on the CPU (0 leaves torch's default).
+        weights_uri: Weights overriding the model's default (path, gs:// or https://).
+        weights_sha256: Their SHA-256.
+        dtype: ``float32``, ``float16`` (CUDA) or ``bfloat16``.
 
     Raises:
-        ValueError: For an unknown model, or ``cuda`` without a GPU.
+        ValueError: For an unknown model, unusable weights, or ``cuda`` without a GPU; the
+            message names the setting.
     """
 
-    def __init__(self, model: str, device: str, cache_dir: Path, threads: int = 0) -> None:
+    def __init__(
+        self,
+        model: str,
+        device: str,
+        cache_dir: Path,
+        threads: int = 0,
+        weights_uri: str | None = None,
+        weights_sha256: str | None = None,
+        dtype: str = "float32",
+    ) -> None:
         import torch
 
-        if model != "u2netp":
-            raise ValueError(f"CUTOUT_SEGMENTER_MODEL: unknown model {model!r}")
+        from pipeline.models.weights import load_model
+
+        self.spec = get_spec(model)
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("CUTOUT_SEGMENTER_DEVICE is 'cuda' but no CUDA device is visible to this replica")
         if threads > 0:
             torch.set_num_threads(threads)
-        from pipeline.models import u2netp
-        from pipeline.models.u2netp_weights import load_u2netp
-
         self._torch = torch
-        self._preprocess = u2netp.preprocess
         self.name = model
-        self.input_size = u2netp.INPUT_SIZE
         self.device = torch.device(device)
-        self.model = load_u2netp(Path(cache_dir)).to(self.device).eval()
+        self.dtype = getattr(torch, _DTYPES[dtype])
+        net = load_model(self.spec, weights_uri, weights_sha256, Path(cache_dir))
+        self.model = net.to(self.device, dtype=self.dtype if self.device.type == "cuda" else torch.float32).eval()
+        self._autocast = self.dtype != torch.float32
+
+    def _forward(self, x):
+        out = self.model.predict(x) if hasattr(self.model, "predict") else self.model(x)
+        return out[:, 0]
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Foreground probabilities for a batch.
@@ -50,6 +84,10 @@ class Segmenter:
         """
         torch = self._torch
         with torch.inference_mode():
-            x = self._preprocess(batch).to(self.device)
-            y = self.model(x)[:, 0]
-            return y.float().cpu().numpy()
+            x = preprocess(batch, self.spec).to(self.device)
+            if self._autocast:
+                with torch.autocast(self.device.type, dtype=self.dtype):
+                    y = self._forward(x)
+            else:
+                y = self._forward(x)
+            return y.float().clamp_(0, 1).cpu().numpy()

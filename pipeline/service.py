@@ -13,17 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import compose, imageio
+from pipeline import compose, imageio, refine
 from pipeline.errors import moderation_failed
 from pipeline.fetch import Fetcher, FetchLimits, Resolver
 from pipeline.moderation import NudityDetector, Policy, over_white
 from pipeline.netguard import AddressPolicy
 from pipeline.settings import Settings
 from pipeline.storage import LocalStorage, load_or_create_key
-
-# Input size of each registered model (kept here so that stages without torch know it).
-MODEL_INPUT_SIZE = {"u2netp": 320}
-
 
 @dataclass
 class LoadedImage:
@@ -49,7 +45,7 @@ class ImageLoader:
 
     def __init__(self, settings: Settings, resolver: Resolver | None = None, verify: bool | str = True) -> None:
         self.settings = settings
-        self.model_size = MODEL_INPUT_SIZE[settings.segmenter_model]
+        self.model_size = settings.model_input_size
         limits = FetchLimits(
             max_bytes=settings.max_src_file_size,
             connect_timeout_s=settings.download_connect_timeout_s,
@@ -139,13 +135,17 @@ class Finisher:
             CutoutError: 422 no_product_found.
         """
         image = loaded.image
+        s = self.settings
         model_alpha = None
         if probability is not None:
-            mask = compose.normalize_probability(probability, self.settings.segmenter_min_confidence)
+            mask = compose.normalize_probability(probability, s.segmenter_min_confidence)
             if mask is not None:
-                model_alpha = compose.upsample_mask(mask, image.width, image.height, self.settings.segmenter_alpha_cutoff)
+                model_alpha = compose.full_alpha(
+                    mask, image, s.refine_edges, s.segmenter_alpha_cutoff, s.model_input_size
+                )
         alpha = compose.output_alpha(image, model_alpha, options.force_rmbg, options.preserve_alpha)
-        return compose.cutout(image, alpha)
+        estimate = refine.estimate_foreground if s.refine_foreground and model_alpha is not None else None
+        return compose.cutout(image, alpha, estimate)
 
     def store(self, loaded: LoadedImage, rgba: np.ndarray, crop: compose.Crop, options: CutoutOptions) -> dict[str, Any]:
         """Encode, store and sign; return the 200 body of SPEC.md (CPU- and disk-bound)."""

@@ -109,7 +109,11 @@ class Settings(BaseModel):
         **_doc("NudeNet categories that fail moderation. Comma-separated in the environment.", "category list"),
     )
     moderation_threshold: float = Field(0.5, gt=0, lt=1, **_doc("Detector score at or above which a blocking category counts.", "score 0..1"))
-    segmenter_model: Literal["u2netp"] = Field("u2netp", **_doc("Segmentation model.", "name"))
+    segmenter_model: str = Field("u2netp", **_doc("Segmentation model from the registry: `u2netp` (weights shipped), `birefnet-general`, `birefnet-lite`, `rmbg-2.0`, `isnet-general-use`, `rmbg-1.4` (these need `CUTOUT_SEGMENTER_WEIGHTS_URI`).", "name"))
+    segmenter_weights_uri: str | None = Field(None, **_doc("Weights for the model: a local path, `gs://BUCKET/OBJECT` or `https://` URL (safetensors or a weights-only PyTorch checkpoint). Default: the model's shipped weights.", "URI"))
+    segmenter_weights_sha256: str | None = Field(None, **_doc("SHA-256 of those weights; required with `CUTOUT_SEGMENTER_WEIGHTS_URI`, checked before loading.", "hex"))
+    segmenter_input_size: int = Field(0, ge=0, le=4096, **_doc("Square side the model sees; 0 = the model's own (320 for u2netp, 1024 for the others).", "pixels"))
+    segmenter_dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", **_doc("Inference precision; float16 only on `cuda`.", "dtype"))
     segmenter_device: Literal["cpu", "cuda"] = Field(
         "cpu",
         **_doc("Where the segmenter runs. `cuda` also makes the segmenter replica ask Ray for one GPU.", "device"),
@@ -128,9 +132,27 @@ class Settings(BaseModel):
     )
     segmenter_batch_size: int = Field(4, ge=1, le=256, **_doc("Most images the segmenter runs in one forward pass (`@serve.batch`).", "images"))
     segmenter_batch_wait_s: float = Field(0.005, ge=0, le=1, **_doc("How long the segmenter waits to fill a batch.", "seconds"))
+    refine_edges: Literal["auto", "guided", "bilinear"] = Field("auto", **_doc("How the model's low-resolution mask becomes full-resolution alpha: `guided` (a fast guided filter in the uncertain edge band, so edges follow the photo), `bilinear` (plain resize), or `auto`: guided when the image's long side is at least three times the model's input, bilinear otherwise (what docs/quality.md measured best).", "mode"))
+    refine_foreground: bool = Field(False, **_doc("Re-estimate the colour of semi-transparent edge pixels (blur-fusion foreground estimation). Off by default: with U²-Net-p masks it measured worse (docs/quality.md).", "on/off"))
     torch_threads: int = Field(0, ge=0, le=256, **_doc("CPU threads per segmenter replica; 0 = one per CPU that Ray gives the replica (at least 1).", "threads"))
     request_timeout_s: float = Field(60.0, gt=0, le=600, **_doc("Longest a cutout request may take end to end; past it the answer is 503 and the work is cancelled.", "seconds"))
     png_compress_level: int = Field(6, ge=0, le=9, **_doc("zlib level of the result PNG.", "0..9"))
+
+    @field_validator("segmenter_model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        from pipeline.models.registry import REGISTRY
+
+        if value not in REGISTRY:
+            raise ValueError(f"unknown model {value!r}; registered: {', '.join(REGISTRY)}")
+        return value
+
+    @field_validator("segmenter_weights_sha256")
+    @classmethod
+    def _sha(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[0-9a-fA-F]{64}$", value):
+            raise ValueError("must be 64 hex digits")
+        return value.lower() if value else value
 
     @field_validator("allowed_source_networks")
     @classmethod
@@ -193,6 +215,10 @@ class Settings(BaseModel):
         storage = self.storage_uri or str(data_dir / "results")
         storage = storage.removeprefix("file://")
         object.__setattr__(self, "storage_uri", str(Path(storage).expanduser().resolve()))
+        if self.segmenter_weights_uri and not self.segmenter_weights_sha256:
+            raise ValueError("segmenter_weights_uri needs segmenter_weights_sha256")
+        if self.segmenter_dtype == "float16" and self.segmenter_device != "cuda":
+            raise ValueError("segmenter_dtype float16 needs segmenter_device cuda")
         if self.max_request_body == 0:
             object.__setattr__(self, "max_request_body", 4 * ((self.max_src_file_size + 2) // 3) + 64 * 1024)
         return self
@@ -206,6 +232,13 @@ class Settings(BaseModel):
     def results_dir(self) -> Path:
         """The local results folder."""
         return Path(self.storage_uri or "")
+
+    @property
+    def model_input_size(self) -> int:
+        """The square side the segmenter's input is resized to."""
+        from pipeline.models.registry import get_spec
+
+        return self.segmenter_input_size or get_spec(self.segmenter_model).input_size
 
     @property
     def model_cache_dir(self) -> Path:

@@ -158,9 +158,7 @@ def preprocess(batch: np.ndarray) -> torch.Tensor:
     Returns:
         (N, 3, H, W) float32.
     """
-    x = torch.from_numpy(np.array(batch, dtype=np.uint8, copy=True)).float()
-    peak = x.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
-    x = x / peak
-    mean = torch.tensor(MEAN).view(1, 1, 1, 3)
-    std = torch.tensor(STD).view(1, 1, 1, 3)
-    return ((x - mean) / std).permute(0, 3, 1, 2).contiguous()
+    from pipeline.models.registry import get_spec
+    from pipeline.segment import preprocess as normalise
+
+    return normalise(batch, get_spec("u2netp"))

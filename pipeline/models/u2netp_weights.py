@@ -9,7 +9,6 @@ converted once and cached as safetensors; later starts load the cache.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import os
 import tempfile
@@ -19,17 +18,9 @@ import torch
 from torch import nn
 
 from pipeline.models.u2netp import U2NetP
+from pipeline.models.weights import sha256_of
 
 U2NETP_ONNX_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def shipped_onnx_path() -> Path:

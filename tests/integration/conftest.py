@@ -25,18 +25,13 @@ import requests
 import yaml
 
 from pipeline import tokens
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 TTL_S = 12
 START_TIMEOUT_S = 420
 FACE_POLICY = ["FACE_FEMALE", "FACE_MALE", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -120,8 +115,10 @@ def service() -> Service:
     token = tokens.create_token(token_path, "acme")
     other = tokens.create_token(token_path, "other")
 
+    # The service's settings come from this test's config alone: CUTOUT_* variables of the
+    # calling shell (e.g. CUTOUT_DATA_DIR exported by `make serve`) must not leak in.
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if not k.startswith("CUTOUT_")},
         "RAY_USAGE_STATS_ENABLED": "0",
         "CUTOUT_RESULT_URL_TTL_S": str(TTL_S),
         "PYTHONPATH": str(ROOT),

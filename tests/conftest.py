@@ -1,0 +1,77 @@
+"""Session fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Emulator:
+    """A real gcp-storage-emulator server on loopback (a subprocess, restartable)."""
+
+    host: str
+    port: int
+    data_dir: Path
+    bucket: str
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "gcp-storage-emulator"), "--data-dir", str(self.data_dir), "start", "--host", "127.0.0.1",
+             "--port", str(self.port), "--default-bucket", self.bucket, "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.host + "/", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("gcp-storage-emulator did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def client(self):
+        """A storage client for the emulator (anonymous: the emulator checks no credentials)."""
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        return storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.host})
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory):
+    """A gcp-storage-emulator for the session; STORAGE_EMULATOR_HOST points at it meanwhile."""
+    port = free_port()
+    emulator = Emulator(f"http://127.0.0.1:{port}", port, tmp_path_factory.mktemp("gcs"), "cutout-test")
+    emulator.start()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator.host
+    yield emulator
+    emulator.stop()
+    if previous is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous

@@ -1,0 +1,83 @@
+"""Model registry and weights: safe loading from a path and from gs://, hashes enforced."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+
+import pytest
+import torch
+
+from pipeline.models.registry import REGISTRY, get_spec
+from pipeline.models.u2netp import U2NetP
+from pipeline.models.weights import WeightsError, fetch_weights, load_model, read_state_dict
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint in the published u2netp.pth key layout, saved from the model itself."""
+    torch.manual_seed(3)
+    model = U2NetP()
+    path = tmp_path_factory.mktemp("ckpt") / "u2netp.pth"
+    torch.save(model.state_dict(), path)
+    return path, model
+
+
+def test_registry_records_are_complete():
+    for name in ("u2netp", "birefnet-general", "birefnet-lite", "rmbg-2.0", "isnet-general-use", "rmbg-1.4"):
+        spec = get_spec(name)
+        assert spec.input_size in (320, 1024) and spec.licence and len(spec.mean) == 3
+    assert set(REGISTRY) >= {"u2netp", "birefnet-general", "birefnet-lite", "isnet-general-use"}
+    with pytest.raises(ValueError, match="CUTOUT_SEGMENTER_MODEL"):
+        get_spec("nope")
+
+
+def test_loads_a_published_layout_checkpoint_from_a_path(checkpoint, tmp_path):
+    path, model = checkpoint
+    loaded = load_model(get_spec("u2netp"), str(path), sha(path.read_bytes()), tmp_path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_wrong_hash_or_missing_hash_is_refused(checkpoint, tmp_path):
+    path, _ = checkpoint
+    with pytest.raises(WeightsError, match="CUTOUT_SEGMENTER_WEIGHTS_SHA256"):
+        load_model(get_spec("u2netp"), str(path), "0" * 64, tmp_path)
+    with pytest.raises(WeightsError, match="CUTOUT_SEGMENTER_WEIGHTS_SHA256"):
+        fetch_weights(str(path), "", tmp_path)
+
+
+def test_model_without_shipped_weights_names_the_setting(tmp_path):
+    with pytest.raises(WeightsError, match="CUTOUT_SEGMENTER_WEIGHTS_URI"):
+        load_model(get_spec("birefnet-lite"), None, None, tmp_path)
+
+
+def test_unsafe_pickle_is_refused_not_executed(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(WeightsError):
+        read_state_dict(path)
+    assert not marker.exists()
+
+
+def test_loads_from_gs_uri_served_by_the_emulator(checkpoint, gcs_emulator, tmp_path):
+    path, model = checkpoint
+    data = path.read_bytes()
+    gcs_emulator.client().bucket(gcs_emulator.bucket).blob("models/u2netp.pth").upload_from_string(data)
+    uri = f"gs://{gcs_emulator.bucket}/models/u2netp.pth"
+    loaded = load_model(get_spec("u2netp"), uri, sha(data), tmp_path / "cache")
+    assert torch.equal(loaded.state_dict()["outconv.weight"], model.state_dict()["outconv.weight"])
+    assert len(list((tmp_path / "cache").glob("weights-*"))) == 1  # cached for the next start
+    with pytest.raises(WeightsError, match="sha256"):
+        load_model(get_spec("u2netp"), uri, "1" * 64, tmp_path / "other")
+    assert not list((tmp_path / "other").glob("weights-*"))  # a mismatching download is deleted
