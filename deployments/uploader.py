@@ -10,6 +10,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from pipeline.errors import unavailable
 from pipeline.service import CutoutOptions, Finisher, LoadedImage
 from pipeline.settings import Settings
 
@@ -23,6 +24,12 @@ class Uploader:
     def __init__(self, settings: Settings, moderator: DeploymentHandle) -> None:
         self.finisher = Finisher(settings)
         self.moderator = moderator
+        self._storage_error: str | None = None
+        try:
+            logger.info("result storage ready: %s", self.finisher.check())
+        except Exception as exc:  # reported by check_health, so Serve marks the replica unhealthy
+            self._storage_error = f"result storage start-up check failed: {exc}"
+            logger.error(self._storage_error)
         self._cleaner = asyncio.get_event_loop().create_task(self._clean_forever(min(300, settings.result_url_ttl_s / 4)))
 
     async def _clean_forever(self, period_s: float) -> None:
@@ -35,6 +42,8 @@ class Uploader:
 
     async def finish(self, loaded: LoadedImage, probability: np.ndarray | None, options: CutoutOptions, moderate: bool) -> dict:
         """Compose the cutout, moderate it if asked, then store it and return the 200 body."""
+        if self._storage_error:
+            raise unavailable("Result storage is unavailable; try again.", retry_after=10, internal=self._storage_error)
         rgba, crop = await asyncio.to_thread(self.finisher.compose, loaded, probability, options)
         if moderate:
             await self.moderator.check_output.remote(rgba)
@@ -44,6 +53,12 @@ class Uploader:
         """A stored result for ``GET /results/...``."""
         return await asyncio.to_thread(self.finisher.read, name, expires, signature)
 
+    def check_health(self) -> None:
+        """Serve's health check: fails while the start-up check of the storage has failed."""
+        if self._storage_error:
+            raise RuntimeError(self._storage_error)
+
     async def ready(self) -> bool:
         """Used by ``/healthz``."""
+        self.check_health()
         return True

@@ -75,7 +75,7 @@ class Settings(BaseModel):
     )
     storage_uri: str | None = Field(
         None,
-        **_doc("Where results are stored: a local folder (the embedded default, `<data_dir>/results`).", "path"),
+        **_doc("Where results are stored: `gs://BUCKET/PREFIX` (Google Cloud Storage, V4 signed URLs) or a local folder (the embedded default, `<data_dir>/results`, served by the service itself).", "URI or path"),
     )
     public_base_url: str = Field(
         "http://127.0.0.1:8000",
@@ -85,6 +85,10 @@ class Settings(BaseModel):
         None,
         **_doc("HMAC key that signs result URLs (at least 32 characters). Default: a random key generated at first start and kept in `<data_dir>/url-signing.key`.", "secret", secret=True),
     )
+    gcs_timeout_s: float = Field(10.0, gt=0, le=300, **_doc("Timeout of one request to Cloud Storage.", "seconds"))
+    gcs_deadline_s: float = Field(20.0, gt=0, le=600, **_doc("Deadline of an upload to Cloud Storage including retries; past it the answer is 503 with Retry-After.", "seconds"))
+    gcs_signing_service_account: str | None = Field(None, **_doc("Service account that signs URLs through IAM signBlob when there is no key file (Workload Identity). Default: the one the credentials belong to.", "email"))
+    gcs_iam_endpoint: str = Field("https://iamcredentials.googleapis.com", **_doc("IAM Credentials API used for signBlob.", "URL"))
     result_url_ttl_s: int = Field(3600, ge=1, le=7 * 24 * 3600, **_doc("Lifetime of a result URL; the stored result is deleted after it.", "seconds"))
     max_src_file_size: int = Field(12 * MIB, ge=1024, le=512 * MIB, **_doc("Largest accepted image, after base64 decoding or as downloaded.", "bytes"))
     max_src_resolution: float = Field(50.0, gt=0, le=500, **_doc("Largest accepted image, checked from the header before decoding.", "megapixels"))
@@ -202,8 +206,11 @@ class Settings(BaseModel):
     @field_validator("storage_uri")
     @classmethod
     def _storage(cls, value: str | None) -> str | None:
-        if value and "://" in value and not value.startswith("file://"):
-            raise ValueError("only a local folder is supported by this version")
+        if value and value.startswith("gs://"):
+            if not re.match(r"^gs://[a-z0-9][a-z0-9._-]{1,220}[a-z0-9](/[^\s]*)?$", value):
+                raise ValueError("must be gs://BUCKET or gs://BUCKET/PREFIX")
+        elif value and "://" in value and not value.startswith("file://"):
+            raise ValueError("must be gs://BUCKET/PREFIX or a local folder")
         return value
 
     @model_validator(mode="after")
@@ -213,8 +220,9 @@ class Settings(BaseModel):
         tokens = (self.tokens_file or data_dir / "tokens.json").expanduser().resolve()
         object.__setattr__(self, "tokens_file", tokens)
         storage = self.storage_uri or str(data_dir / "results")
-        storage = storage.removeprefix("file://")
-        object.__setattr__(self, "storage_uri", str(Path(storage).expanduser().resolve()))
+        if not storage.startswith("gs://"):
+            storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())
+        object.__setattr__(self, "storage_uri", storage)
         if self.segmenter_weights_uri and not self.segmenter_weights_sha256:
             raise ValueError("segmenter_weights_uri needs segmenter_weights_sha256")
         if self.segmenter_dtype == "float16" and self.segmenter_device != "cuda":
@@ -227,6 +235,11 @@ class Settings(BaseModel):
     def max_src_pixels(self) -> int:
         """The pixel limit as a pixel count."""
         return int(self.max_src_resolution * 1_000_000)
+
+    @property
+    def uses_gcs(self) -> bool:
+        """Whether results go to Cloud Storage."""
+        return str(self.storage_uri).startswith("gs://")
 
     @property
     def results_dir(self) -> Path:

@@ -22,7 +22,24 @@ def test_rayservice_embeds_the_gpu_serve_config():
     assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"] == "1"
     assert gpu["template"]["spec"]["tolerations"]
     text = (ROOT / "cluster" / "rayservice.yaml").read_text()
-    assert "secretKeyRef" in text and "url-signing-key" in text
+    assert "secretKeyRef" in text and "ray-auth-token" in text  # secrets by reference only
+    assert embedded["applications"][0]["args"]["storage_uri"].startswith("gs://")
+    pods = [manifest["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    ]
+    assert all(p.get("serviceAccountName") == "product-cutout" for p in pods)  # Workload Identity
+
+
+def test_gcs_setup_script_sets_what_the_service_relies_on():
+    import json
+
+    script = (ROOT / "cluster" / "gcs" / "setup.sh").read_text()
+    for needle in ("--uniform-bucket-level-access", "--clear-soft-delete", "--lifecycle-file", "roles/storage.objectCreator",
+                   "roles/storage.objectViewer", "roles/iam.serviceAccountTokenCreator", "roles/iam.workloadIdentityUser",
+                   "iam.gke.io/gcp-service-account"):
+        assert needle in script, needle
+    rules = json.loads((ROOT / "cluster" / "gcs" / "lifecycle.json").read_text())["rule"]
+    assert any(r["action"]["type"] == "Delete" and r["condition"]["age"] == 1 for r in rules)
 
 
 def test_every_config_has_each_stage_and_valid_args(tmp_path):

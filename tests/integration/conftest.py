@@ -9,6 +9,7 @@ moderation policy that also blocks faces so that moderation can be seen on benig
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -19,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -93,8 +95,14 @@ def _ray_bin(name: str) -> str:
     return str(path) if path.exists() else shutil.which(name) or name
 
 
-@pytest.fixture(scope="session")
-def service() -> Service:
+@contextlib.contextmanager
+def running_service(args: dict | None = None, env_extra: dict | None = None) -> Iterator[Service]:
+    """Start a Ray head and the application from a copy of serve_config.yaml; stop both after.
+
+    Args:
+        args: Application ``args`` to change.
+        env_extra: Extra environment for the cluster (``CUTOUT_*`` overrides among them).
+    """
     data_dir = Path(tempfile.mkdtemp(prefix="cutout-it-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     port, ray_port = free_port(), free_port()
@@ -106,6 +114,7 @@ def service() -> Service:
         public_base_url=f"http://127.0.0.1:{port}",
         allowed_source_networks=["127.0.0.0/8"],
         moderation_block=FACE_POLICY,
+        **(args or {}),
     )
     for deployment in app["deployments"]:  # one replica each keeps the 2-core CI machine calm
         deployment["autoscaling_config"]["max_replicas"] = 1
@@ -126,6 +135,7 @@ def service() -> Service:
         # the separate driver of the handle test, like RAY_AUTH_TOKEN in a KubeRay pod.
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        **(env_extra or {}),
     }
     ray_address = f"127.0.0.1:{ray_port}"
     log = open(data_dir / "serve-run.log", "wb")
@@ -135,33 +145,41 @@ def service() -> Service:
          "--include-dashboard=false", f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
-    _wait_for_port(ray_port, head)
-    proc = subprocess.Popen(
-        [_ray_bin("serve"), "run", str(config_path), "--address", ray_address],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT_S
-    ready = False
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                ready = True
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    service = Service(url, data_dir, ray_address, token, other, ray_tmp, env)
+    proc = None
     try:
+        _wait_for_port(ray_port, head)
+        proc = subprocess.Popen(
+            [_ray_bin("serve"), "run", str(config_path), "--address", ray_address],
+            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        ready = False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                    ready = True
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
         if not ready:
             log.flush()
             tail = (data_dir / "serve-run.log").read_text(errors="replace")[-4000:]
             pytest.fail(f"the Serve application did not become healthy in {START_TIMEOUT_S}s:\n{tail}")
-        yield service
+        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env)
     finally:
-        _stop(proc, signal.SIGINT)
+        if proc is not None:
+            _stop(proc, signal.SIGINT)
         _stop(head, signal.SIGTERM)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def service() -> Iterator[Service]:
+    """The embedded default (local storage), shared by the whole session."""
+    with running_service() as svc:
+        yield svc
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:

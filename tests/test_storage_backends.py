@@ -1,0 +1,248 @@
+"""One storage test suite for both backends: local disk, and GCS against a real emulator server.
+
+The emulator (gcp-storage-emulator, started by the tests on loopback) checks neither
+signatures nor expiry, so these tests check them themselves: they recompute the V4
+string-to-sign from the URL and verify the signature with the public half of a locally
+generated service-account key, and they check X-Goog-Date / X-Goog-Expires. Google's IAM
+signBlob endpoint cannot exist here; a stand-in HTTP server signs with that same key, and the
+test that uses it says so.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pytest
+import requests
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from pipeline.errors import CutoutError
+from pipeline.gcs import GCSStorage, IamSigner, StorageConfigError, iam_signing_credentials
+from pipeline.storage import LocalStorage, load_or_create_key
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"result-bytes" * 10
+EMAIL = "cutout-signer@test-project.iam.gserviceaccount.com"
+TTL = 3600
+
+
+@pytest.fixture(scope="module")
+def rsa_key():
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def key_file(rsa_key, tmp_path_factory):
+    """A service-account key file like the one Google issues (the key is made here)."""
+    pem = rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    info = {
+        "type": "service_account", "project_id": "test-project", "private_key_id": "k1", "private_key": pem,
+        "client_email": EMAIL, "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    path = tmp_path_factory.mktemp("sa") / "key.json"
+    path.write_text(json.dumps(info))
+    return path
+
+
+def verify_v4(url: str, public_key, now: float | None = None) -> dict[str, str]:
+    """Check a V4 signed URL's signature and expiry as GCS would; return its parameters."""
+    u = urlparse(url)
+    raw = [p.split("=", 1) for p in u.query.split("&")]
+    params = {k: unquote(v) for k, v in raw}
+    assert params["X-Goog-Algorithm"] == "GOOG4-RSA-SHA256"
+    canonical_query = "&".join(f"{k}={v}" for k, v in sorted(raw) if k != "X-Goog-Signature")
+    canonical_request = "\n".join(["GET", u.path, canonical_query, f"host:{u.netloc}", "", "host", "UNSIGNED-PAYLOAD"])
+    scope = params["X-Goog-Credential"].split("/", 1)[1]
+    to_sign = "\n".join(["GOOG4-RSA-SHA256", params["X-Goog-Date"], scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
+    public_key.verify(bytes.fromhex(params["X-Goog-Signature"]), to_sign.encode(), padding.PKCS1v15(), hashes.SHA256())
+    issued = dt.datetime.strptime(params["X-Goog-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    if now is not None and now > issued + int(params["X-Goog-Expires"]):
+        raise PermissionError("expired")
+    return params
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, tmp_path):
+        self.storage = LocalStorage(tmp_path / "results", load_or_create_key(tmp_path / "key"), TTL, "http://cutout.test")
+
+    def get(self, url, now=None):
+        u = urlparse(url)
+        q = parse_qs(u.query)
+        return self.storage.read_signed(u.path[len("/results/"):], q["expires"][0], q["signature"][0], now=now)
+
+    def verify(self, url, now=None):
+        self.get(url, now)
+
+    def exists(self, name):
+        return (self.storage.root / name).exists()
+
+
+class GCSBackend:
+    name = "gcs"
+
+    def __init__(self, emulator, key_file, public_key, monkeypatch):
+        monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+        self.storage = GCSStorage(f"gs://{emulator.bucket}/results", TTL, timeout_s=3, deadline_s=5)
+        self.emulator = emulator
+        self.public_key = public_key
+
+    def get(self, url, now=None):
+        self.verify(url, now)
+        response = requests.get(url, timeout=10)
+        assert response.status_code == 200
+        return response.content
+
+    def verify(self, url, now=None):
+        try:
+            verify_v4(url, self.public_key, now)
+        except Exception as exc:  # InvalidSignature, PermissionError
+            raise CutoutError(403, "invalid_signature", str(exc) or "bad signature", None) from None
+
+    def exists(self, name):
+        return self.emulator.client().bucket(self.emulator.bucket).get_blob(name) is not None
+
+
+@pytest.fixture(params=["local", "gcs"])
+def backend(request, tmp_path, monkeypatch, rsa_key, key_file):
+    if request.param == "local":
+        return LocalBackend(tmp_path)
+    return GCSBackend(request.getfixturevalue("gcs_emulator"), key_file, rsa_key.public_key(), monkeypatch)
+
+
+def test_put_names_metadata_and_signed_get(backend):
+    name = backend.storage.put("acme", PNG, {"sku": "SKU-9", "request_id": "r-1", "model": "u2netp"})
+    prefix = "results/" if backend.name == "gcs" else ""
+    assert re.match(rf"^{prefix}acme/\d{{4}}/\d{{2}}/\d{{2}}/[0-9a-f]{{32}}\.png$", name)
+    meta = backend.storage.metadata(name)
+    assert meta["sku"] == "SKU-9" and meta["request_id"] == "r-1" and meta["model"] == "u2netp"
+    assert meta["content_type"] == "image/png"
+    url = backend.storage.signed_url(name)
+    assert backend.get(url) == PNG
+
+
+def test_names_are_unique_and_unguessable(backend):
+    names = {backend.storage.put("acme", PNG, {}) for _ in range(5)}
+    assert len(names) == 5
+
+
+def test_tampered_and_expired_urls_are_refused(backend):
+    name = backend.storage.put("acme", PNG, {})
+    url = backend.storage.signed_url(name)
+    other = backend.storage.put("other", PNG, {})
+    forged = url.replace(name, other)
+    with pytest.raises(CutoutError):
+        backend.verify(forged)
+    backend.verify(url, now=time.time() + TTL - 5)
+    with pytest.raises(CutoutError):
+        backend.verify(url, now=time.time() + TTL + 5)
+
+
+def test_url_lifetime_is_the_setting(backend):
+    url = backend.storage.signed_url(backend.storage.put("acme", PNG, {}))
+    q = parse_qs(urlparse(url).query)
+    if backend.name == "gcs":
+        assert q["X-Goog-Expires"] == [str(TTL)]
+        issued = dt.datetime.strptime(q["X-Goog-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    else:
+        issued = int(q["expires"][0]) - TTL
+    assert abs(issued - time.time()) < 30
+
+
+def test_cleanup(backend):
+    name = backend.storage.put("acme", PNG, {}, now=time.time())
+    if backend.name == "local":
+        assert backend.storage.cleanup(now=time.time() + TTL + 1) >= 1 and not backend.exists(name)
+    else:
+        assert backend.storage.cleanup() == 0 and backend.exists(name)  # the bucket's lifecycle rule deletes
+
+
+def test_gcs_outage_is_503_quickly_leaves_nothing_and_recovers(gcs_emulator, key_file, monkeypatch):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    storage = GCSStorage(f"gs://{gcs_emulator.bucket}/outage", TTL, timeout_s=1, deadline_s=3)
+    before = {b.name for b in gcs_emulator.client().list_blobs(gcs_emulator.bucket, prefix="outage/")}
+    gcs_emulator.stop()
+    try:
+        started = time.monotonic()
+        with pytest.raises(CutoutError) as info:
+            storage.put("acme", PNG, {})
+        assert info.value.status == 503 and info.value.retry_after
+        assert time.monotonic() - started < 3 + 3  # the deadline, plus one request timeout
+    finally:
+        gcs_emulator.start()
+    after = {b.name for b in gcs_emulator.client().list_blobs(gcs_emulator.bucket, prefix="outage/")}
+    assert after == before  # nothing half-written
+    assert storage.put("acme", PNG, {}).startswith("outage/acme/")  # resumes by itself
+
+
+def test_startup_check_passes_and_fails_clearly(gcs_emulator, key_file, monkeypatch):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    assert "service-account key" in GCSStorage(f"gs://{gcs_emulator.bucket}/x", TTL).check()
+    with pytest.raises(StorageConfigError, match="does not exist"):
+        GCSStorage("gs://no-such-bucket-here/x", TTL, timeout_s=2, deadline_s=3).check()
+
+
+class _Token:
+    """Stands in for Workload Identity's ambient credentials (a token, no private key)."""
+
+    token = "ambient-access-token"
+    valid = True
+
+
+@pytest.fixture
+def sign_blob_server(rsa_key):
+    """A stand-in for Google's IAM Credentials signBlob endpoint (Google's servers cannot exist here)."""
+    calls = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append((self.path, self.headers.get("Authorization")))
+            if self.headers.get("Authorization") != "Bearer ambient-access-token" or not self.path.endswith(f"{EMAIL}:signBlob"):
+                self.send_response(403)
+                self.end_headers()
+                return
+            signature = rsa_key.sign(base64.b64decode(body["payload"]), padding.PKCS1v15(), hashes.SHA256())
+            out = json.dumps({"keyId": "k1", "signedBlob": base64.b64encode(signature).decode()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.calls = calls
+    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    yield httpd
+    httpd.shutdown()
+
+
+def test_workload_identity_signs_through_iam_sign_blob(gcs_emulator, sign_blob_server, rsa_key, monkeypatch):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    signing = iam_signing_credentials(IamSigner(EMAIL, _Token(), sign_blob_server.url))
+    storage = GCSStorage(f"gs://{gcs_emulator.bucket}/wi", TTL, signing=signing)
+    assert storage.check()
+    url = storage.signed_url(storage.put("acme", PNG, {}))
+    params = verify_v4(url, rsa_key.public_key())
+    assert params["X-Goog-Credential"].startswith(EMAIL + "/")
+    assert requests.get(url, timeout=10).content == PNG
+    assert sign_blob_server.calls and sign_blob_server.calls[-1][1] == "Bearer ambient-access-token"
+
+
+def test_credentials_that_cannot_sign_fail_the_startup_check(gcs_emulator, sign_blob_server, monkeypatch):
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    refused = iam_signing_credentials(IamSigner("someone-else@x.iam.gserviceaccount.com", _Token(), sign_blob_server.url))
+    with pytest.raises(StorageConfigError, match="cannot sign"):
+        GCSStorage(f"gs://{gcs_emulator.bucket}/wi", TTL, signing=refused).check()
