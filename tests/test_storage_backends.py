@@ -246,3 +246,49 @@ def test_credentials_that_cannot_sign_fail_the_startup_check(gcs_emulator, sign_
     refused = iam_signing_credentials(IamSigner("someone-else@x.iam.gserviceaccount.com", _Token(), sign_blob_server.url))
     with pytest.raises(StorageConfigError, match="cannot sign"):
         GCSStorage(f"gs://{gcs_emulator.bucket}/wi", TTL, signing=refused).check()
+
+
+def test_signer_is_chosen_automatically(key_file, sign_blob_server, monkeypatch):
+    from pipeline import gcs
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    _, how = gcs.choose_signer()
+    assert how.startswith("service-account key")
+
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+
+    class Ambient(_Token):  # what google.auth.default() gives on GKE with Workload Identity
+        service_account_email = EMAIL
+
+    monkeypatch.setattr("google.auth.default", lambda scopes=None: (Ambient(), "test-project"))
+    signing, how = gcs.choose_signer(iam_endpoint=sign_blob_server.url)
+    assert how == f"IAM signBlob as {EMAIL}" and signing.signer_email == EMAIL
+
+    def no_credentials(scopes=None):
+        import google.auth.exceptions
+
+        raise google.auth.exceptions.DefaultCredentialsError("none here")
+
+    monkeypatch.setattr("google.auth.default", no_credentials)
+    with pytest.raises(StorageConfigError, match="cannot sign result URLs"):
+        gcs.choose_signer()
+
+
+def test_uploader_reports_unhealthy_when_the_bucket_is_missing(gcs_emulator, key_file, monkeypatch, tmp_path):
+    import asyncio
+
+    from deployments.uploader import Uploader
+    from pipeline.settings import load_settings
+
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    settings = load_settings({"data_dir": str(tmp_path), "storage_uri": "gs://no-such-bucket/x", "gcs_deadline_s": 2}, environ={})
+
+    async def build():
+        return Uploader.func_or_class(settings, moderator=None)
+
+    uploader = asyncio.run(build())
+    with pytest.raises(RuntimeError, match="bucket gs://no-such-bucket does not exist"):
+        uploader.check_health()
+    with pytest.raises(CutoutError) as info:
+        asyncio.run(uploader.finish(None, None, None, False))
+    assert info.value.status == 503
