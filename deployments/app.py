@@ -9,6 +9,7 @@ from ray.serve import Application
 from deployments.fetcher import Fetcher
 from deployments.ingress import Ingress
 from deployments.moderator import Moderator
+from deployments.ratelimiter import RateLimiter
 from deployments.segmenter import Segmenter
 from deployments.uploader import Uploader
 from pipeline.settings import load_settings
@@ -34,4 +35,5 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
         segmenter.bind(settings),
         moderator,
         Uploader.bind(settings, moderator),
+        RateLimiter.bind(settings.rate_limit_burst_s),
     )

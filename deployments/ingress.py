@@ -23,7 +23,8 @@ from pipeline.request import CutoutRequest, parse_body, parse_fields
 from pipeline.service import CutoutOptions
 from pipeline.settings import Settings
 from pipeline.storage import RESULTS_ROUTE
-from pipeline.tokens import TokenStore, validate_org
+from pipeline.ratelimit import retry_after_header
+from pipeline.tokens import TokenRecord, TokenStore, validate_org
 
 logger = logging.getLogger("ray.serve")
 
@@ -52,6 +53,7 @@ class Ingress:
         segmenter: DeploymentHandle,
         moderator: DeploymentHandle,
         uploader: DeploymentHandle,
+        limiter: DeploymentHandle,
     ) -> None:
         self.settings = settings
         self.tokens = TokenStore(settings.tokens_file)
@@ -59,6 +61,7 @@ class Ingress:
         self.segmenter = segmenter
         self.moderator = moderator
         self.uploader = uploader
+        self.limiter = limiter
 
     async def __call__(self, request: Request) -> Response:
         """Route an HTTP request."""
@@ -70,7 +73,9 @@ class Ingress:
             if path == CUTOUT_ROUTE:
                 if request.method != "POST":
                     raise CutoutError(405, "method_not_allowed", "Use POST.", None)
-                org = self._authenticate(request)
+                record = self._authenticate(request)
+                org = record.org
+                await self._rate_limit(record)
                 body = await self._read_body(request)
                 result = await self._run(org, parse_body(body), request_id)
                 response: Response = JSONResponse(result, headers={"X-Request-Id": request_id})
@@ -127,12 +132,23 @@ class Ingress:
         except Exception as exc:
             raise to_cutout_error(exc, request_id) from None
 
-    def _authenticate(self, request: Request) -> str:
+    def _authenticate(self, request: Request) -> TokenRecord:
         token = next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), None)
-        org = self.tokens.lookup(token)
-        if org is None:
+        record = self.tokens.record(token)
+        if record is None:
             raise unauthorized()
-        return org
+        return record
+
+    async def _rate_limit(self, record: TokenRecord) -> None:
+        rpm = self.settings.rate_limit_rpm if record.rpm is None else record.rpm
+        if rpm <= 0:
+            return
+        wait = await self.limiter.acquire.remote(record.org, rpm)
+        if wait > 0:
+            raise CutoutError(
+                429, "rate_limited", f"Rate limit of {rpm} requests per minute exceeded.", None,
+                retry_after=retry_after_header(wait),
+            )
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_request_body
@@ -173,7 +189,13 @@ class Ingress:
         return Response(png if request.method == "GET" else b"", media_type="image/png", headers=headers)
 
     async def _health(self) -> Response:
-        stages = {"fetcher": self.fetcher, "segmenter": self.segmenter, "moderator": self.moderator, "uploader": self.uploader}
+        stages = {
+            "fetcher": self.fetcher,
+            "segmenter": self.segmenter,
+            "moderator": self.moderator,
+            "uploader": self.uploader,
+            "rate_limiter": self.limiter,
+        }
 
         async def probe(handle: DeploymentHandle) -> bool:
             try:

@@ -1,6 +1,6 @@
 """The ``cutout`` command: tokens and settings.
 
-    cutout token create ORG            print a new token for ORG (alone on one line)
+    cutout token create ORG [--rpm N]  print a new token for ORG (alone on one line)
     cutout token revoke TOKEN_OR_ID    remove a token
     cutout token list                  ids, organizations and dates (never tokens)
     cutout token init-local [ORG]      first start of `make serve`: a token for ORG in a 0600 file
@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("serve_config.yaml"), help="Serve config to read args from")
     sub = parser.add_subparsers(dest="command", required=True)
     tok = sub.add_parser("token", help="manage API tokens").add_subparsers(dest="action", required=True)
-    tok.add_parser("create", help="create a token").add_argument("org")
+    create = tok.add_parser("create", help="create a token")
+    create.add_argument("org")
+    create.add_argument("--rpm", type=int, default=None, help="rate limit override for this token (requests per minute)")
     tok.add_parser("revoke", help="revoke a token (by token or id)").add_argument("token_or_id")
     tok.add_parser("list", help="list token records")
     init = tok.add_parser("init-local", help="create a token for ORG once, kept in <data_dir>/<ORG>.token")
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     path = Path(settings.tokens_file or "")
     try:
         if args.action == "create":
-            print(tokens.create_token(path, args.org))
+            print(tokens.create_token(path, args.org, args.rpm))
         elif args.action == "revoke":
             removed = tokens.revoke(path, args.token_or_id)
             print(f"revoked {removed} token(s)", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -65,6 +66,19 @@ def _host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
     return False
 
 
+_NUMERIC_LABEL = re.compile(r"^(0x[0-9a-f]*|[0-9]+)$", re.IGNORECASE)
+
+
+def _odd_ipv4(host: str) -> bool:
+    """True for hosts that resolvers read as IPv4 but are not dotted-quad decimal
+    (``2130706433``, ``0x7f.1``, ``0177.0.0.1``, ``127.1``): refused outright."""
+    labels = host.rstrip(".").split(".")
+    if not all(_NUMERIC_LABEL.match(label) for label in labels):
+        return False
+    canonical = len(labels) == 4 and all(label.isdigit() and (label == "0" or not label.startswith("0")) and int(label) < 256 for label in labels)
+    return not canonical
+
+
 def parse_source_url(url: str, limits: FetchLimits) -> httpx.URL:
     """Parse and check the static parts of a URL (scheme, credentials, host).
 
@@ -81,6 +95,8 @@ def parse_source_url(url: str, limits: FetchLimits) -> httpx.URL:
         raise _refused("'image_url' must not carry credentials.")
     if not parsed.host:
         raise bad_request("invalid_url", "'image_url' has no host.", "image_url")
+    if _odd_ipv4(parsed.host):
+        raise _refused("'image_url' spells an IP address in a non-standard form.")
     if not _host_allowed(parsed.host, limits.allowed_hosts):
         raise _refused("'image_url' points to a host that is not allowed.")
     return parsed
@@ -172,6 +188,10 @@ class Fetcher:
                     await response.aclose()
         except CutoutError:
             raise
+        except httpx.RemoteProtocolError as exc:
+            if "location header" in str(exc).lower():  # httpx parses Location itself, even unfollowed
+                raise bad_request("invalid_url", "'image_url' redirected to an invalid URL.", "image_url") from None
+            raise download_failed("The image could not be downloaded.", internal=repr(exc)) from None
         except httpx.TimeoutException as exc:
             raise download_failed("The image download timed out.", internal=repr(exc)) from None
         except (httpx.HTTPError, OSError, ValueError) as exc:

@@ -108,6 +108,8 @@ class Settings(BaseModel):
     max_redirects: int = Field(5, ge=0, le=20, **_doc("Redirects followed for `image_url`, each one checked again.", "count"))
     download_connect_timeout_s: float = Field(5.0, gt=0, le=60, **_doc("Connect timeout for `image_url`.", "seconds"))
     download_timeout_s: float = Field(20.0, gt=0, le=300, **_doc("Deadline for the whole download of `image_url`, redirects included.", "seconds"))
+    rate_limit_rpm: int = Field(600, ge=0, le=1_000_000, **_doc("Requests per minute per organization, across all ingress replicas; over it the answer is 429 with Retry-After. A token's `rpm` in the tokens file overrides it. 0 = no limit.", "requests/minute"))
+    rate_limit_burst_s: float = Field(10.0, gt=0, le=3600, **_doc("How many seconds of the rate an organization may save up and spend at once.", "seconds"))
     moderation_block: tuple[str, ...] = Field(
         DEFAULT_MODERATION_BLOCK,
         **_doc("NudeNet categories that fail moderation. Comma-separated in the environment.", "category list"),

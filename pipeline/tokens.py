@@ -5,7 +5,10 @@ is needed against guessing). The file never holds a token itself.
 
 File format (JSON)::
 
-    {"version": 1, "tokens": [{"id": "3f9c0a1b", "org": "acme", "sha256": "<hex>", "created": "<iso>"}]}
+    {"version": 1, "tokens": [{"id": "3f9c0a1b", "org": "acme", "sha256": "<hex>", "created": "<iso>",
+                               "rpm": 120}]}
+
+``rpm`` (optional) overrides ``CUTOUT_RATE_LIMIT_RPM`` for requests with that token.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class TokenRecord:
     org: str
     sha256: str
     created: str
+    rpm: int | None = None  # per-organization rate limit override (requests per minute)
 
 
 class TokenStore:
@@ -82,6 +86,11 @@ class TokenStore:
 
     def lookup(self, token: str | None) -> str | None:
         """Return the organization of ``token``, or None if it is missing or unknown."""
+        record = self.record(token)
+        return record.org if record else None
+
+    def record(self, token: str | None) -> TokenRecord | None:
+        """The stored record of ``token``, or None if it is missing or unknown."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
             return None
         self._refresh()
@@ -89,7 +98,7 @@ class TokenStore:
         record = self._by_hash.get(digest)
         # The dict lookup finds the candidate; the final comparison is constant-time.
         if record is not None and hmac.compare_digest(record.sha256, digest):
-            return record.org
+            return record
         return None
 
 
@@ -99,7 +108,10 @@ def read_records(path: Path) -> list[TokenRecord]:
         data = json.loads(Path(path).read_text("utf-8"))
     except FileNotFoundError:
         return []
-    return [TokenRecord(**{k: r[k] for k in ("id", "org", "sha256", "created")}) for r in data.get("tokens", [])]
+    return [
+        TokenRecord(**{k: r[k] for k in ("id", "org", "sha256", "created")}, rpm=r.get("rpm"))
+        for r in data.get("tokens", [])
+    ]
 
 
 @contextlib.contextmanager
@@ -114,7 +126,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _write_records(path: Path, records: list[TokenRecord]) -> None:
-    body = {"version": 1, "tokens": [r.__dict__ for r in records]}
+    body = {"version": 1, "tokens": [{k: v for k, v in r.__dict__.items() if v is not None} for r in records]}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tokens-")
     try:
         with os.fdopen(fd, "w") as f:
@@ -129,15 +141,24 @@ def _write_records(path: Path, records: list[TokenRecord]) -> None:
         raise
 
 
-def create_token(path: Path, org: str) -> str:
-    """Create a token for ``org``, record its hash, and return the token (shown only once)."""
+def create_token(path: Path, org: str, rpm: int | None = None) -> str:
+    """Create a token for ``org``, record its hash, and return the token (shown only once).
+
+    Args:
+        path: The tokens file.
+        org: The organization.
+        rpm: Optional rate limit override for requests with this token (per minute; 0 = none).
+    """
     validate_org(org)
+    if rpm is not None and rpm < 0:
+        raise ValueError("rpm must be 0 or more")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     record = TokenRecord(
         id=secrets.token_hex(4),
         org=org,
         sha256=hash_token(token),
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        rpm=rpm,
     )
     path = Path(path)
     with _locked(path):

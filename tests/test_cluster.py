@@ -9,7 +9,7 @@ import yaml
 from pipeline.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"Ingress", "Fetcher", "Moderator", "Segmenter", "Uploader"}
+STAGES = {"Ingress", "Fetcher", "Moderator", "Segmenter", "Uploader", "RateLimiter"}
 
 
 def test_rayservice_embeds_the_gpu_serve_config():
@@ -50,8 +50,10 @@ def test_every_config_has_each_stage_and_valid_args(tmp_path):
         assert app["import_path"] == "deployments.app:build_app"
         deployments = {d["name"]: d for d in app["deployments"]}
         assert set(deployments) == STAGES, path
-        for d in deployments.values():
-            assert "autoscaling_config" in d and "ray_actor_options" in d
+        for name, d in deployments.items():
+            assert "ray_actor_options" in d
+            assert ("autoscaling_config" in d) != (name == "RateLimiter"), name
+        assert deployments["RateLimiter"]["num_replicas"] == 1  # one shared limiter
         args = {**app["args"], "data_dir": str(tmp_path)}
         settings = load_settings(args, environ={})
         if settings.segmenter_device == "cuda":

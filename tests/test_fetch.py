@@ -184,3 +184,53 @@ def test_dns_answer_is_checked_and_pinned(server):
         return ["10.0.0.1"]
 
     assert fails(fetcher(resolver=private), f"http://images.example:{port}/img.png").status == 400
+
+
+@pytest.fixture(scope="module")
+def canary():
+    """A server on 127.0.0.1 that must never be reached: every hit is recorded."""
+    hits = []
+
+    class Canary(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PNG)))
+            self.end_headers()
+            self.wfile.write(PNG)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Canary)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd.hits = hits
+    yield httpd
+    httpd.shutdown()
+
+
+def refused_forms(port: int) -> list[str]:
+    """127.0.0.1 (and other refused places) spelled every way a URL can spell them."""
+    return [
+        f"http://127.0.0.1:{port}/x", f"http://localhost:{port}/x", f"http://2130706433:{port}/x",
+        f"http://0x7f000001:{port}/x", f"http://0177.0.0.1:{port}/x", f"http://0x7f.1:{port}/x", f"http://127.1:{port}/x",
+        f"http://017700000001:{port}/x", f"http://[::1]:{port}/x", f"http://[::ffff:127.0.0.1]:{port}/x",
+        f"http://[::ffff:7f00:1]:{port}/x", f"http://[0:0:0:0:0:ffff:127.0.0.1]:{port}/x", f"http://[2002:7f00:1::]:{port}/x",
+        f"http://[64:ff9b::7f00:1]:{port}/x", f"http://0.0.0.0:{port}/x", "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/", "http://100.64.0.1/x", "http://10.0.0.1/x", "http://192.168.1.1/x",
+        "http://[fe80::1]/x", "http://224.0.0.1/x",
+    ]
+
+
+def test_canary_is_never_reached_directly_or_by_redirect(second_server, canary):
+    port = canary.server_address[1]
+    public = fetcher(networks=("127.0.0.2/32",), total=2.0)  # only 127.0.0.2 counts as public
+    for url in refused_forms(port):
+        err = fails(public, url)
+        assert err.status == 400 and err.reason in ("url_not_allowed", "invalid_url"), (url, err)
+        hop = second_server + "/redirect-to/" + url.replace("/", "|")
+        err = fails(public, hop)
+        assert err.status == 400, (hop, err)
+    assert canary.hits == []
+

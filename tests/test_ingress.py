@@ -41,7 +41,7 @@ class FakeHandle:
 def make_ingress(tmp_path, **ready):
     cls = Ingress.func_or_class
     settings = load_settings({"data_dir": str(tmp_path)}, environ={})
-    handles = [FakeHandle(ready.get(name, True)) for name in ("fetcher", "segmenter", "moderator", "uploader")]
+    handles = [FakeHandle(ready.get(name, True)) for name in ("fetcher", "segmenter", "moderator", "uploader", "rate_limiter")]
     return cls(settings, *handles)
 
 
@@ -51,7 +51,9 @@ def test_health_is_200_only_when_every_stage_is_ready(tmp_path):
     down = asyncio.run(make_ingress(tmp_path, segmenter=RuntimeError("starting"), moderator="hang")._health())
     assert down.status_code == 503 and down.headers["retry-after"]
     body = json.loads(down.body)
-    assert body["stages"] == {"fetcher": "ready", "segmenter": "unavailable", "moderator": "unavailable", "uploader": "ready"}
+    assert body["stages"] == {
+        "fetcher": "ready", "segmenter": "unavailable", "moderator": "unavailable", "uploader": "ready", "rate_limiter": "ready",
+    }
 
 
 def test_stage_failures_map_to_typed_errors():

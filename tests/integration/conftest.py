@@ -80,14 +80,15 @@ class Service:
     other_token: str
     log_dir: Path
     env: dict
+    limited_token: str = ""
 
-    def post(self, body: dict | bytes, token: str | None = "default", **kw) -> requests.Response:
+    def post(self, body: dict | bytes | Iterator[bytes], token: str | None = "default", **kw) -> requests.Response:
         headers = kw.pop("headers", {})
         if token is not None:
             headers["api_token"] = self.token if token == "default" else token
-        if isinstance(body, bytes):
-            return requests.post(self.url + "/product/cutout", data=body, headers=headers, timeout=120, **kw)
-        return requests.post(self.url + "/product/cutout", json=body, headers=headers, timeout=120, **kw)
+        if isinstance(body, dict):
+            return requests.post(self.url + "/product/cutout", json=body, headers=headers, timeout=120, **kw)
+        return requests.post(self.url + "/product/cutout", data=body, headers=headers, timeout=120, **kw)
 
 
 def _ray_bin(name: str) -> str:
@@ -117,12 +118,16 @@ def running_service(args: dict | None = None, env_extra: dict | None = None) -> 
         **(args or {}),
     )
     for deployment in app["deployments"]:  # one replica each keeps the 2-core CI machine calm
-        deployment["autoscaling_config"]["max_replicas"] = 1
+        if "autoscaling_config" in deployment:
+            deployment["autoscaling_config"]["max_replicas"] = 1
+        if deployment["name"] == "Ingress":  # ...but two ingress replicas: limits must hold across them
+            deployment["autoscaling_config"].update(min_replicas=2, max_replicas=2)
     config_path = data_dir / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     token_path = data_dir / "tokens.json"
     token = tokens.create_token(token_path, "acme")
     other = tokens.create_token(token_path, "other")
+    limited = tokens.create_token(token_path, "limited", rpm=30)  # burst of 5 (10 s of 30/min)
 
     # The service's settings come from this test's config alone: CUTOUT_* variables of the
     # calling shell (e.g. CUTOUT_DATA_DIR exported by `make serve`) must not leak in.
@@ -167,7 +172,7 @@ def running_service(args: dict | None = None, env_extra: dict | None = None) -> 
             log.flush()
             tail = (data_dir / "serve-run.log").read_text(errors="replace")[-4000:]
             pytest.fail(f"the Serve application did not become healthy in {START_TIMEOUT_S}s:\n{tail}")
-        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env)
+        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env, limited)
     finally:
         if proc is not None:
             _stop(proc, signal.SIGINT)

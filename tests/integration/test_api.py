@@ -216,3 +216,25 @@ def test_json_errors_have_no_internals(service):
     resp = service.post({"file": b64(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)})
     text = json.dumps(resp.json())
     assert resp.status_code == 400 and "Traceback" not in text and "/work" not in text
+
+
+def test_413_when_content_length_is_absent_or_understated(service):
+    def chunks():
+        yield b'{"file": "'
+        for _ in range(18):
+            yield b"A" * (1 << 20)
+        yield b'"}'
+
+    resp = service.post(chunks(), headers={"content-type": "application/json"})  # chunked: no Content-Length
+    assert error_of(resp, 413)["reason"] == "request_too_large"
+    # Content-Length says less than is sent: only the announced bytes are the body (HTTP framing),
+    # so the service sees a short, broken body: a 4xx, at once, never a hang or a 500
+    import socket
+
+    host, port = service.url.rsplit("//", 1)[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = (f"POST /product/cutout HTTP/1.1\r\nHost: {host}\r\napi_token: {service.token}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
+        sock.sendall(head + b'{"file": "' + b"A" * 2_000_000)
+        reply = sock.recv(4096).decode(errors="replace")
+    assert reply.startswith("HTTP/1.1 4"), reply[:200]
