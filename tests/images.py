@@ -60,3 +60,48 @@ def cmyk_jpeg_with_profile() -> bytes:
 
 def srgb_profile_bytes() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def rgb_matrix_profile(red_xyz, green_xyz, blue_xyz, gamma: float = 2.2) -> bytes:
+    """A minimal ICC v2 RGB matrix/TRC display profile with the given primaries (D50 XYZ).
+
+    Pillow can only create sRGB, LAB and XYZ profiles; tests need a real non-sRGB RGB profile
+    to see that embedded profiles are applied, so this builds one byte by byte.
+    """
+    import struct
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", int(round(v * 65536)))
+
+    def xyz(v) -> bytes:
+        return b"XYZ " + b"\0" * 4 + b"".join(s15(c) for c in v)
+
+    def desc(text: str) -> bytes:
+        raw = text.encode() + b"\0"
+        body = b"desc" + b"\0" * 4 + struct.pack(">I", len(raw)) + raw + b"\0" * 4 + b"\0" * 4 + b"\0" * 2 + b"\0" + b"\0" * 67
+        return body
+
+    curve = b"curv" + b"\0" * 4 + struct.pack(">I", 1) + struct.pack(">H", int(round(gamma * 256))) + b"\0\0"
+    tags = [
+        (b"desc", desc("test wide primaries")),
+        (b"wtpt", xyz((0.9642, 1.0, 0.8249))),
+        (b"rXYZ", xyz(red_xyz)),
+        (b"gXYZ", xyz(green_xyz)),
+        (b"bXYZ", xyz(blue_xyz)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for sig, body in tags:
+        while (offset + len(data)) % 4:
+            data += b"\0"
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntr" + b"RGB " + b"XYZ "
+    header += b"\0" * 12 + b"acsp" + b"APPL" + b"\0" * 4 + b"\0" * 4 + b"\0" * 4 + b"\0" * 8 + b"\0" * 4
+    header += s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 4
+    header = header.ljust(128, b"\0")
+    return header + struct.pack(">I", len(tags)) + table + data

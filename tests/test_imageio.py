@@ -145,3 +145,30 @@ def test_composite_over_white():
     alpha = np.array([[0, 128, 255]], np.uint8)
     out = composite_over_white(rgb, alpha)
     assert out[0, 0, 0] == 255 and out[0, 2, 0] == 0 and 126 <= out[0, 1, 0] <= 128
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_embedded_icc_profile_is_converted_to_srgb(fmt):
+    from tests.images import rgb_matrix_profile
+
+    # A profile whose "red" primary is sRGB's green: pure red pixels in it are green in sRGB.
+    srgb_red, srgb_green, srgb_blue = (0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)
+    profile = rgb_matrix_profile(srgb_green, srgb_red, srgb_blue)
+    data = encode(Image.new("RGB", (16, 16), (255, 0, 0)), fmt, icc_profile=profile, **({"quality": 95} if fmt != "PNG" else {}))
+    r, g, b = decode(data).rgb[8, 8].astype(int)
+    assert g > 230 and r < 25 and b < 25
+    # an sRGB-tagged image is left as it is
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    same = decode(encode(Image.new("RGB", (16, 16), (200, 40, 10)), "PNG", icc_profile=srgb)).rgb[8, 8]
+    assert tuple(same) == (200, 40, 10)
+
+
+def test_rgba_with_icc_profile_keeps_alpha():
+    from tests.images import rgb_matrix_profile
+
+    profile = rgb_matrix_profile((0.3851, 0.7169, 0.0971), (0.4361, 0.2225, 0.0139), (0.1431, 0.0606, 0.7141))
+    im, alpha = rgba_with_alpha()
+    out = decode(encode(im, "PNG", icc_profile=profile))
+    assert np.array_equal(out.alpha, alpha)
