@@ -64,6 +64,42 @@ def _resolve(path: str) -> Callable[..., Any]:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+def _birefnet(name: str, variant: str, licence: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        architecture="birefnet",
+        builder="pipeline.models.birefnet:build_birefnet",
+        builder_kwargs=(("variant", variant),),
+        input_size=1024,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        normalisation="unit",
+        weights_uri=None,
+        sha256=None,
+        key_map="pipeline.models.birefnet:map_published_keys",
+        licence=licence,
+    )
+
+
+def _isnet(name: str, licence: str) -> ModelSpec:
+    # DIS normalises [0, 1] pixels with mean 0.5 and std 1.0 (IS-Net/Inference.py; RMBG-1.4's
+    # preprocessor_config.json says the same).
+    return ModelSpec(
+        name=name,
+        architecture="isnet",
+        builder="pipeline.models.isnet:ISNetDIS",
+        builder_kwargs=(),
+        input_size=1024,
+        mean=(0.5, 0.5, 0.5),
+        std=(1.0, 1.0, 1.0),
+        normalisation="unit",
+        weights_uri=None,
+        sha256=None,
+        key_map=None,
+        licence=licence,
+    )
+
+
 _SPECS = [
     ModelSpec(
         name="u2netp",
@@ -79,76 +115,11 @@ _SPECS = [
         key_map=None,
         licence="Apache-2.0 (U-2-Net)",
     ),
-    ModelSpec(
-        name="birefnet-general",
-        architecture="birefnet",
-        builder="pipeline.models.birefnet:build_birefnet",
-        builder_kwargs=(("variant", "swin_l"),),
-        input_size=1024,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        normalisation="unit",
-        weights_uri=None,
-        sha256=None,
-        key_map="pipeline.models.birefnet:map_published_keys",
-        licence="MIT (ZhengPeng7/BiRefNet)",
-    ),
-    ModelSpec(
-        name="birefnet-lite",
-        architecture="birefnet",
-        builder="pipeline.models.birefnet:build_birefnet",
-        builder_kwargs=(("variant", "swin_t"),),
-        input_size=1024,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        normalisation="unit",
-        weights_uri=None,
-        sha256=None,
-        key_map="pipeline.models.birefnet:map_published_keys",
-        licence="MIT (ZhengPeng7/BiRefNet_lite)",
-    ),
-    ModelSpec(
-        name="rmbg-2.0",
-        architecture="birefnet",
-        builder="pipeline.models.birefnet:build_birefnet",
-        builder_kwargs=(("variant", "swin_l"),),
-        input_size=1024,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        normalisation="unit",
-        weights_uri=None,
-        sha256=None,
-        key_map="pipeline.models.birefnet:map_published_keys",
-        licence="CC BY-NC 4.0 (briaai/RMBG-2.0): non-commercial unless licensed from BRIA",
-    ),
-    ModelSpec(
-        name="isnet-general-use",
-        architecture="isnet",
-        builder="pipeline.models.isnet:ISNetDIS",
-        builder_kwargs=(),
-        input_size=1024,
-        mean=(0.5, 0.5, 0.5),
-        std=(1.0, 1.0, 1.0),
-        normalisation="unit",
-        weights_uri=None,
-        sha256=None,
-        key_map=None,
-        licence="Apache-2.0 (xuebinqin/DIS)",
-    ),
-    ModelSpec(
-        name="rmbg-1.4",
-        architecture="isnet",
-        builder="pipeline.models.isnet:ISNetDIS",
-        builder_kwargs=(),
-        input_size=1024,
-        mean=(0.5, 0.5, 0.5),
-        std=(1.0, 1.0, 1.0),
-        normalisation="unit",
-        weights_uri=None,
-        sha256=None,
-        key_map=None,
-        licence="bria-rmbg-1.4: non-commercial unless licensed from BRIA",
-    ),
+    _birefnet("birefnet-general", "swin_l", "MIT (ZhengPeng7/BiRefNet)"),
+    _birefnet("birefnet-lite", "swin_t", "MIT (ZhengPeng7/BiRefNet_lite)"),
+    _birefnet("rmbg-2.0", "swin_l", "CC BY-NC 4.0 (briaai/RMBG-2.0): non-commercial unless licensed from BRIA"),
+    _isnet("isnet-general-use", "Apache-2.0 (xuebinqin/DIS)"),
+    _isnet("rmbg-1.4", "bria-rmbg-1.4: non-commercial unless licensed from BRIA"),
 ]
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

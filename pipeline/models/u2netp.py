@@ -10,92 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from pipeline.models.rsu import RSU, RSU4F, halve, resize_to
 
 INPUT_SIZE = 320
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
-
-
-class REBNCONV(nn.Module):
-    """3x3 convolution (padding = dilation) + BatchNorm + ReLU."""
-
-    def __init__(self, in_ch: int, out_ch: int, dilation: int = 1) -> None:
-        super().__init__()
-        self.conv_s1 = nn.Conv2d(in_ch, out_ch, 3, padding=dilation, dilation=dilation)
-        self.bn_s1 = nn.BatchNorm2d(out_ch)
-        self.relu_s1 = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu_s1(self.bn_s1(self.conv_s1(x)))
-
-
-def _up_like(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.interpolate(x, size=target.shape[2:], mode="bilinear", align_corners=False)
-
-
-def _pool(x: torch.Tensor) -> torch.Tensor:
-    return F.max_pool2d(x, 2, stride=2, ceil_mode=True)
-
-
-class RSU(nn.Module):
-    """Residual U-block of the given height (RSU-7 ... RSU-4): pooling encoder, dilated bottom.
-
-    Args:
-        height: Number of encoder levels including the input level (7, 6, 5 or 4).
-        in_ch: Input channels.
-        mid_ch: Channels inside the block.
-        out_ch: Output channels.
-    """
-
-    def __init__(self, height: int, in_ch: int, mid_ch: int, out_ch: int) -> None:
-        super().__init__()
-        self.height = height
-        self.rebnconvin = REBNCONV(in_ch, out_ch)
-        self.rebnconv1 = REBNCONV(out_ch, mid_ch)
-        for i in range(2, height):
-            setattr(self, f"rebnconv{i}", REBNCONV(mid_ch, mid_ch))
-        setattr(self, f"rebnconv{height}", REBNCONV(mid_ch, mid_ch, dilation=2))
-        for i in range(height - 1, 1, -1):
-            setattr(self, f"rebnconv{i}d", REBNCONV(2 * mid_ch, mid_ch))
-        self.rebnconv1d = REBNCONV(2 * mid_ch, out_ch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hxin = self.rebnconvin(x)
-        enc = [self.rebnconv1(hxin)]
-        for i in range(2, self.height):
-            enc.append(getattr(self, f"rebnconv{i}")(_pool(enc[-1])))
-        hx = getattr(self, f"rebnconv{self.height}")(enc[-1])
-        for i in range(self.height - 1, 1, -1):
-            hx = getattr(self, f"rebnconv{i}d")(torch.cat((hx, enc[i - 1]), 1))
-            hx = _up_like(hx, enc[i - 2])
-        return self.rebnconv1d(torch.cat((hx, enc[0]), 1)) + hxin
-
-
-class RSU4F(nn.Module):
-    """Residual U-block without pooling: dilations 1, 2, 4, 8 instead of resolution changes."""
-
-    def __init__(self, in_ch: int, mid_ch: int, out_ch: int) -> None:
-        super().__init__()
-        self.rebnconvin = REBNCONV(in_ch, out_ch)
-        self.rebnconv1 = REBNCONV(out_ch, mid_ch)
-        self.rebnconv2 = REBNCONV(mid_ch, mid_ch, dilation=2)
-        self.rebnconv3 = REBNCONV(mid_ch, mid_ch, dilation=4)
-        self.rebnconv4 = REBNCONV(mid_ch, mid_ch, dilation=8)
-        self.rebnconv3d = REBNCONV(2 * mid_ch, mid_ch, dilation=4)
-        self.rebnconv2d = REBNCONV(2 * mid_ch, mid_ch, dilation=2)
-        self.rebnconv1d = REBNCONV(2 * mid_ch, out_ch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hxin = self.rebnconvin(x)
-        hx1 = self.rebnconv1(hxin)
-        hx2 = self.rebnconv2(hx1)
-        hx3 = self.rebnconv3(hx2)
-        hx4 = self.rebnconv4(hx3)
-        hx3d = self.rebnconv3d(torch.cat((hx4, hx3), 1))
-        hx2d = self.rebnconv2d(torch.cat((hx3d, hx2), 1))
-        return self.rebnconv1d(torch.cat((hx2d, hx1), 1)) + hxin
 
 
 class U2NetP(nn.Module):
@@ -120,19 +41,19 @@ class U2NetP(nn.Module):
 
     def _logits(self, x: torch.Tensor) -> list[torch.Tensor]:
         hx1 = self.stage1(x)
-        hx2 = self.stage2(_pool(hx1))
-        hx3 = self.stage3(_pool(hx2))
-        hx4 = self.stage4(_pool(hx3))
-        hx5 = self.stage5(_pool(hx4))
-        hx6 = self.stage6(_pool(hx5))
-        hx5d = self.stage5d(torch.cat((_up_like(hx6, hx5), hx5), 1))
-        hx4d = self.stage4d(torch.cat((_up_like(hx5d, hx4), hx4), 1))
-        hx3d = self.stage3d(torch.cat((_up_like(hx4d, hx3), hx3), 1))
-        hx2d = self.stage2d(torch.cat((_up_like(hx3d, hx2), hx2), 1))
-        hx1d = self.stage1d(torch.cat((_up_like(hx2d, hx1), hx1), 1))
+        hx2 = self.stage2(halve(hx1))
+        hx3 = self.stage3(halve(hx2))
+        hx4 = self.stage4(halve(hx3))
+        hx5 = self.stage5(halve(hx4))
+        hx6 = self.stage6(halve(hx5))
+        hx5d = self.stage5d(torch.cat((resize_to(hx6, hx5), hx5), 1))
+        hx4d = self.stage4d(torch.cat((resize_to(hx5d, hx4), hx4), 1))
+        hx3d = self.stage3d(torch.cat((resize_to(hx4d, hx3), hx3), 1))
+        hx2d = self.stage2d(torch.cat((resize_to(hx3d, hx2), hx2), 1))
+        hx1d = self.stage1d(torch.cat((resize_to(hx2d, hx1), hx1), 1))
         d1 = self.side1(hx1d)
         sides = [d1] + [
-            _up_like(getattr(self, f"side{i}")(h), d1)
+            resize_to(getattr(self, f"side{i}")(h), d1)
             for i, h in zip(range(2, 7), (hx2d, hx3d, hx4d, hx5d, hx6))
         ]
         d0 = self.outconv(torch.cat(sides, 1))
