@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from ray import serve
 
 from pipeline.service import ImageLoader, LoadedImage
@@ -18,6 +19,13 @@ class Fetcher:
     async def load(self, image_url: str | None, file: str | None, force_rmbg: bool) -> LoadedImage:
         """Fetch or decode the image and prepare the model input."""
         return await self.loader.load(image_url, file, force_rmbg)
+
+    async def model_input(self, loaded: LoadedImage) -> np.ndarray | None:
+        """Only the model-sized input, so full-resolution pixels never reach the segmenter.
+
+        ``loaded`` arrives through Ray's object store (zero-copy on the same node).
+        """
+        return loaded.model_input
 
     async def ready(self) -> bool:
         """Used by ``/healthz``."""

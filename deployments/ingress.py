@@ -172,11 +172,12 @@ class Ingress:
 
     async def _pipeline(self, org: str, req: CutoutRequest, request_id: str) -> dict[str, Any]:
         # Chained DeploymentResponses: the decoded image goes from the fetcher to the other
-        # stages through Ray's object store, never back through this replica.
+        # stages through Ray's object store, never back through this replica, and the
+        # segmenter (the GPU stage) receives only the model-sized input.
         loaded = self.fetcher.load.remote(req.image_url, req.file, req.force_rmbg)
         if req.content_moderation:
             await self.moderator.check_input.remote(loaded)
-        probability = self.segmenter.segment.remote(loaded)
+        probability = self.segmenter.segment.remote(self.fetcher.model_input.remote(loaded))
         options = CutoutOptions(org, req.sku, req.force_rmbg, req.preserve_alpha, request_id)
         return await self.uploader.finish.remote(loaded, probability, options, req.content_moderation)
 

@@ -7,7 +7,6 @@ import asyncio
 import numpy as np
 from ray import serve
 
-from pipeline.service import LoadedImage
 from pipeline.settings import Settings
 
 
@@ -38,11 +37,15 @@ class Segmenter:
         probabilities = await asyncio.to_thread(self.model.predict, np.stack(inputs))
         return list(probabilities)
 
-    async def segment(self, loaded: LoadedImage) -> np.ndarray | None:
-        """The probability map for the image, or None when its output alpha needs no model."""
-        if loaded.model_input is None:
+    async def segment(self, model_input: np.ndarray | None) -> np.ndarray | None:
+        """The low-resolution probability map, or None when the output alpha needs no model.
+
+        Args:
+            model_input: (S, S, 3) uint8 at the model's input size; never the full image.
+        """
+        if model_input is None:
             return None
-        return await self._infer(loaded.model_input)
+        return await self._infer(model_input)
 
     async def ready(self) -> bool:
         """Used by ``/healthz``."""
