@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: venv serve test eval clean
+.PHONY: venv serve test eval bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(STAMP)
 ## Score cutout quality on ../shared/eval (IoU, MAE, boundary F, edge colour error).
 eval: $(STAMP)
 	$(BIN)/cutout eval
+
+## Throughput and latency side by side (model alone, in-process, the service; rembg's server
+## too when REMBG_PYTHON names a python with rembg[cli]); writes docs/benchmarks.md.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py $(if $(REMBG_PYTHON),--rembg-python $(REMBG_PYTHON)) --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

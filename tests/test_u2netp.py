@@ -72,3 +72,17 @@ def test_weights_cached_once_and_hash_checked(tmp_path):
     assert sha256_of(bad) != U2NETP_ONNX_SHA256
     with pytest.raises(ValueError, match="sha256"):
         load_u2netp(tmp_path / "other", onnx_path=bad)
+
+
+def test_fused_channels_last_inference_keeps_the_outputs(model):
+    import copy
+
+    from pipeline.segment import fuse_conv_bn
+
+    x = preprocess(np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
+    with torch.inference_mode():
+        reference = model(x)
+        fast = fuse_conv_bn(copy.deepcopy(model)).to(memory_format=torch.channels_last)
+        out = fast(x.to(memory_format=torch.channels_last))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert float((out - reference).abs().max()) <= 1e-4
