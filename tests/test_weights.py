@@ -81,3 +81,15 @@ def test_loads_from_gs_uri_served_by_the_emulator(checkpoint, gcs_emulator, tmp_
     with pytest.raises(WeightsError, match="sha256"):
         load_model(get_spec("u2netp"), uri, "1" * 64, tmp_path / "other")
     assert not list((tmp_path / "other").glob("weights-*"))  # a mismatching download is deleted
+
+
+def test_every_registered_architecture_builds_or_says_why():
+    import importlib.util
+
+    for spec in REGISTRY.values():
+        module = spec.builder.split(":")[0]
+        if importlib.util.find_spec(module) is None:
+            with pytest.raises(ValueError, match="CUTOUT_SEGMENTER_MODEL"):
+                spec.build()
+        elif spec.architecture != "birefnet":
+            assert isinstance(spec.build(), torch.nn.Module)

@@ -48,8 +48,18 @@ class ModelSpec:
     licence: str
 
     def build(self) -> Any:
-        """The architecture with random weights (imports torch)."""
-        return _resolve(self.builder)(**dict(self.builder_kwargs))
+        """The architecture with random weights (imports torch).
+
+        Raises:
+            ValueError: If this version does not ship the architecture's code yet.
+        """
+        try:
+            builder = _resolve(self.builder)
+        except (ModuleNotFoundError, AttributeError):
+            raise ValueError(
+                f"CUTOUT_SEGMENTER_MODEL: the {self.architecture} architecture of {self.name!r} is not available in this version"
+            ) from None
+        return builder(**dict(self.builder_kwargs))
 
     def map_keys(self, state: dict[str, Any]) -> dict[str, Any]:
         """Apply the published-to-ours key mapping, if the record has one."""
