@@ -9,6 +9,7 @@ built, so a bad value stops the start-up instead of failing a request later.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from pathlib import Path
@@ -297,7 +298,9 @@ def load_settings(args: Mapping[str, Any] | None = None, environ: Mapping[str, s
     merged: dict[str, Any] = {}
     for key, value in (args or {}).items():
         merged[key] = tuple(value) if key in LIST_FIELDS and isinstance(value, list) else value
-    env_values, _unknown = _from_env(environ)
+    env_values, unknown = _from_env(environ)
+    if unknown:  # most likely a typo: say so instead of silently running on the default
+        logging.getLogger(__name__).warning("ignoring unknown setting variables: %s", ", ".join(sorted(unknown)))
     merged.update(env_values)
     try:
         return Settings(**merged)

@@ -56,3 +56,9 @@ def test_readme_documents_every_setting():
     for name in Settings.model_fields:
         assert f"CUTOUT_{name.upper()}" in readme, name
     assert settings_table() in readme, "README settings table is stale: paste `cutout settings`"
+
+
+def test_unknown_variable_is_reported_not_silently_ignored(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        load_settings({"data_dir": str(tmp_path)}, environ={"CUTOUT_RESULT_URL_TTL": "60"})
+    assert "CUTOUT_RESULT_URL_TTL" in caplog.text
