@@ -75,3 +75,19 @@ def gcs_emulator(tmp_path_factory):
         os.environ.pop("STORAGE_EMULATOR_HOST", None)
     else:
         os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Runs a model test module's convolutions on one intra-op thread.
+
+    On a busy 2-core machine two OpenMP threads competing with another process made the
+    IS-Net tests about seven times slower than one thread did. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

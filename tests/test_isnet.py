@@ -3,14 +3,14 @@
 The reference (``IS-Net/models/isnet.py`` of xuebinqin/DIS) is not available in CI, so
 two facts recorded from it live in ``tests/data``: the key/shape list of its state dict
 (``isnet_keys.json``) and its outputs for a deterministic set of weights and a
-deterministic input (``isnet_expected.npz``). ``deterministic_state`` below rebuilds
-exactly those weights, so our network must reproduce those outputs.
+deterministic input (``isnet_expected.npz``). ``tests.deterministic.deterministic_state``
+rebuilds exactly those weights (its rules reduce to ``FILL_DESCRIPTION`` for IS-Net), so our
+network must reproduce those outputs.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,9 @@ import pytest
 import torch
 
 from pipeline.models.isnet import INPUT_SIZE, MEAN, STD, ISNetDIS
+from tests.deterministic import deterministic_state
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DATA = Path(__file__).resolve().parent / "data"
 KEYS_FILE = DATA / "isnet_keys.json"
@@ -47,34 +50,6 @@ BLOCK_CASES = (
 )
 
 
-def deterministic_state(reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Builds the deterministic weights described by ``FILL_DESCRIPTION``.
-
-    Args:
-        reference: A state dict giving the keys, shapes and dtypes to fill.
-
-    Returns:
-        A new state dict with the same keys, shapes and dtypes.
-    """
-    gen = torch.Generator().manual_seed(FILL_SEED)
-    filled = {}
-    for key in sorted(reference):
-        like = reference[key]
-        shape, dtype = tuple(like.shape), like.dtype
-        if not dtype.is_floating_point:
-            filled[key] = torch.zeros(shape, dtype=dtype)
-        elif len(shape) == 4:
-            fan_in = shape[1] * shape[2] * shape[3]
-            filled[key] = torch.randn(shape, generator=gen, dtype=dtype) * math.sqrt(2 / fan_in)
-        elif key.endswith("bn_s1.weight"):
-            filled[key] = 1 + 0.1 * torch.randn(shape, generator=gen, dtype=dtype)
-        elif key.endswith("running_var"):
-            filled[key] = 1 + 0.5 * torch.rand(shape, generator=gen, dtype=dtype)
-        else:
-            filled[key] = 0.05 * torch.randn(shape, generator=gen, dtype=dtype)
-    return filled
-
-
 def deterministic_input() -> torch.Tensor:
     """The input the stored reference outputs were computed from."""
     gen = torch.Generator().manual_seed(INPUT_SEED)
@@ -90,19 +65,6 @@ def block_input(index: int) -> torch.Tensor:
 def block_summary(out: torch.Tensor) -> dict[str, torch.Tensor]:
     """What is stored of a block's output: the channel mean and the first channel."""
     return {"mean": out.mean(1), "first": out[:, 0]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Runs this module's small convolutions on one intra-op thread.
-
-    On a busy 2-core machine two OpenMP threads competing with another process made
-    this file about seven times slower than one thread did.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +111,7 @@ def test_deterministic_weights_reproduce_the_reference_outputs():
     expected = np.load(EXPECTED_FILE)
     assert str(expected["fill"]) == FILL_DESCRIPTION
     net = ISNetDIS().eval()
-    net.load_state_dict(deterministic_state(net.state_dict()), strict=True)
+    net.load_state_dict(deterministic_state(net.state_dict(), seed=FILL_SEED), strict=True)
     x = deterministic_input()
     with torch.inference_mode():
         maps, features = net(x)
