@@ -12,6 +12,13 @@ When recorded, our network matched the reference to 1e-13 in float64 on the same
 input, so the float32 tolerances below only absorb rounding: the probabilities agreed within
 1.5e-5 (3e-5 with channels-last tensors), the logits within 1.4e-4 (float32 itself is
 about 5e-4 away from the float64 logits of either implementation).
+
+The reference changed the order of the decoder's image patches in commit 5198d3f; the
+published weights need the order before it (``patch_order="legacy"``). Its parent,
+``LEGACY_COMMIT``, built the same way for Swin-T, gave ``birefnet_swin_t_legacy_expected.npz``
+(logits only, for the smaller ``LEGACY_INPUT_SHAPE``; the encoder does not depend on the
+order). There our legacy order matched it within 5.2e-14 in float64 and 4.1e-6 in float32
+probabilities (2.2e-5 in logits); the current order was 0.67 away in probabilities.
 """
 
 from __future__ import annotations
@@ -24,7 +31,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.birefnet import INPUT_SIZE, MEAN, STD, BiRefNet, build_birefnet, map_published_keys
+from pipeline.models.birefnet import (
+    INPUT_SIZE,
+    MEAN,
+    STD,
+    BiRefNet,
+    build_birefnet,
+    image_patches,
+    map_published_keys,
+)
 from pipeline.models.registry import get_spec
 from pipeline.models.weights import WeightsError, load_model
 from tests.deterministic import deterministic_state
@@ -33,30 +48,41 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCE_COMMIT = "25cb9309bacf3dde954e4584594e16e142c51de5"
+LEGACY_COMMIT = "e65bfa0514c13dd2994157fc844337ea7674b991"  # parent of 5198d3f
 VARIANTS = ("swin_l", "swin_t")
 INPUT_SEED = 1
 # 224x160: Swin windows are padded on both axes at every stage (window 12 and 7), patch
-# merging pads odd sizes (7x5 -> 4x3 in the half-size pass), and the decoder's patch grids
-# are non-square.
+# merging pads odd sizes (7x5 -> 4x3 in the half-size pass), and the decoder's patches are
+# non-square.
 INPUT_SHAPE = (1, 3, 224, 160)
-FILL_DESCRIPTION = (
-    "tests.deterministic.deterministic_state(reference.state_dict(), seed=0): one "
-    "torch.Generator seeded with 0 (CPU), state-dict keys visited in sorted() order, one draw "
-    "per floating tensor: keys ending 'weight' with 2+ dims randn*sqrt(2/fan_in) with fan_in "
-    "the product of all dims but the first; 1-D keys ending 'weight' (LayerNorm, BatchNorm) "
-    "1+0.1*randn; keys ending 'running_var' 1+0.5*rand; keys ending "
-    "'relative_position_bias_table' randn; every other floating tensor 0.05*randn; integer "
-    "tensors (num_batches_tracked, relative_position_index) kept. Input: torch.Generator "
-    "seeded with 1, randn(1,3,224,160), float32, eval mode, torch.set_num_threads(1)."
-)
+# 96x64: non-square patches (3x2 at the deepest level) at a fraction of the cost.
+LEGACY_INPUT_SHAPE = (1, 3, 96, 64)
+
+
+def fill_description(shape: tuple[int, ...]) -> str:
+    """The stored description of the weights and the input of shape ``shape``."""
+    return (
+        "tests.deterministic.deterministic_state(reference.state_dict(), seed=0): one "
+        "torch.Generator seeded with 0 (CPU), state-dict keys visited in sorted() order, one draw "
+        "per floating tensor: keys ending 'weight' with 2+ dims randn*sqrt(2/fan_in) with fan_in "
+        "the product of all dims but the first; 1-D keys ending 'weight' (LayerNorm, BatchNorm) "
+        "1+0.1*randn; keys ending 'running_var' 1+0.5*rand; keys ending "
+        "'relative_position_bias_table' randn; every other floating tensor 0.05*randn; integer "
+        "tensors (num_batches_tracked, relative_position_index) kept. Input: torch.Generator "
+        f"seeded with 1, randn({','.join(map(str, shape))}), float32, eval mode, torch.set_num_threads(1)."
+    )
+
+
+FILL_DESCRIPTION = fill_description(INPUT_SHAPE)
+LEGACY_FILL_DESCRIPTION = fill_description(LEGACY_INPUT_SHAPE)
 PROB_TOLERANCE = 1e-4
 LOGIT_TOLERANCE = 1e-3
 FEATURE_TOLERANCE = 1e-4
 
 
-def deterministic_input() -> torch.Tensor:
+def deterministic_input(shape: tuple[int, ...] = INPUT_SHAPE) -> torch.Tensor:
     """The input the stored reference outputs were computed from."""
-    return torch.randn(INPUT_SHAPE, generator=torch.Generator().manual_seed(INPUT_SEED))
+    return torch.randn(shape, generator=torch.Generator().manual_seed(INPUT_SEED))
 
 
 def feature_summary(features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -86,11 +112,39 @@ def test_preprocessing_constants_match_the_registry():
 
 def test_registry_builds_each_variant_and_refuses_an_unknown_one():
     with torch.device("meta"):  # shapes only, no 220M-parameter allocation
-        assert get_spec("birefnet-general").build().variant == "swin_l"
-        assert get_spec("rmbg-2.0").build().variant == "swin_l"
-        assert get_spec("birefnet-lite").build().variant == "swin_t"
+        built = {name: get_spec(name).build() for name in ("birefnet-general", "rmbg-2.0", "birefnet-lite")}
+    assert {name: net.variant for name, net in built.items()} == {
+        "birefnet-general": "swin_l",
+        "rmbg-2.0": "swin_l",
+        "birefnet-lite": "swin_t",
+    }
+    # Every published weights set predates the reference's commit 5198d3f (see the registry).
+    assert {net.patch_order for net in built.values()} == {"legacy"}
+    assert all(net.decoder.patch_order == "legacy" for net in built.values())
     with pytest.raises(ValueError, match="swin_b"):
         build_birefnet("swin_b")
+    with pytest.raises(ValueError, match="'newest'.*current, legacy"):
+        build_birefnet("swin_t", patch_order="newest")
+
+
+@pytest.mark.parametrize(
+    "order, channel_of",
+    [
+        ("current", lambda c, row, col, channels, rows, cols: c * rows * cols + row * cols + col),
+        ("legacy", lambda c, row, col, channels, rows, cols: (col * rows + row) * channels + c),
+    ],
+)
+def test_image_patches_stack_each_patch_where_its_order_says(order, channel_of):
+    channels, rows, cols, h, w = 3, 2, 4, 3, 5  # rows != cols tells row from column
+    image = torch.arange(2 * channels * rows * h * cols * w, dtype=torch.float32)
+    image = image.reshape(2, channels, rows * h, cols * w)
+    stacked = image_patches(image, (h, w), order)
+    assert stacked.shape == (2, channels * rows * cols, h, w)
+    for c in range(channels):
+        for row in range(rows):
+            for col in range(cols):
+                patch = image[:, c, row * h : (row + 1) * h, col * w : (col + 1) * w]
+                assert torch.equal(stacked[:, channel_of(c, row, col, channels, rows, cols)], patch), (c, row, col)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -134,6 +188,28 @@ def test_deterministic_weights_reproduce_the_reference_outputs(variant):
     for name, value in summary.items():
         diff = float((value - torch.from_numpy(expected[name])).abs().max())
         assert diff <= FEATURE_TOLERANCE, f"{name}: max abs difference {diff}"
+
+
+def test_legacy_patch_order_reproduces_the_reference_before_5198d3f():
+    expected = np.load(DATA / "birefnet_swin_t_legacy_expected.npz")
+    assert str(expected["fill"]) == LEGACY_FILL_DESCRIPTION
+    assert str(expected["reference"]) == f"ZhengPeng7/BiRefNet@{LEGACY_COMMIT}"
+    net = BiRefNet("swin_t", patch_order="legacy").eval()
+    net.load_state_dict(deterministic_state(net.state_dict()), strict=True)
+    x = deterministic_input(LEGACY_INPUT_SHAPE)
+    with torch.inference_mode():
+        features = net.encode(x)
+        logits = net.decoder(x, features)
+        net.decoder.patch_order = "current"  # same weights and features, the other order
+        current = net.decoder(x, features)
+    reference_logits = torch.from_numpy(expected["logits"])
+    reference = torch.sigmoid(reference_logits)
+    diff = float((torch.sigmoid(logits) - reference).abs().max())
+    assert diff <= PROB_TOLERANCE, f"probabilities: max abs difference {diff}"
+    diff = float((logits - reference_logits).abs().max())
+    assert diff <= LOGIT_TOLERANCE, f"logits: max abs difference {diff}"
+    # The stored output tells the orders apart: the current one is far from it.
+    assert float((torch.sigmoid(current) - reference).abs().max()) > 0.1
 
 
 def test_random_weights_forward_batch_of_two(lite):

@@ -21,16 +21,17 @@ gradient-reference gates):
   each window attention to whole windows and each patch merging to an even size, so any
   size works there.
 * Decoder: four levels, deepest first. Before each decoder block the image is cut into a
-  grid of patches the size of the current feature map and stacked on the channel axis
-  (channel index ``c * rows * cols + row * cols + col``); a small two-convolution block
-  (``ipt_blkN``) turns that stack into extra channels concatenated to the features. A decoder
-  block is a 3x3 convolution, BatchNorm and ReLU, a deformable ASPP (1x1 convolution, three
-  modulated deformable convolutions of sizes 1, 3 and 7, and global pooling, fused by a 1x1
-  convolution), then a 3x3 convolution and BatchNorm. The outputs of the three deeper levels
-  are multiplied by a sigmoid gate computed from them (``gdt_convs_N`` then
-  ``gdt_convs_attn_N``), upsampled and added to a 1x1 lateral projection of the next
-  encoder feature. The last level is upsampled to the input size, joined with the full image
-  through ``ipt_blk1``, and a 1x1 convolution gives one logit per pixel.
+  grid of patches the size of the current feature map and stacked on the channel axis in
+  one of two orders (``PatchOrder``, see :func:`image_patches`), which must be the order the
+  weights were trained with; a small two-convolution block (``ipt_blkN``) turns that stack
+  into extra channels concatenated to the features. A decoder block is a 3x3 convolution,
+  BatchNorm and ReLU, a deformable ASPP (1x1 convolution, three modulated deformable
+  convolutions of sizes 1, 3 and 7, and global pooling, fused by a 1x1 convolution), then a
+  3x3 convolution and BatchNorm. The outputs of the three deeper levels are multiplied by a
+  sigmoid gate computed from them (``gdt_convs_N`` then ``gdt_convs_attn_N``), upsampled and
+  added to a 1x1 lateral projection of the next encoder feature. The last level is
+  upsampled to the input size, joined with the full image through ``ipt_blk1``, and a 1x1
+  convolution gives one logit per pixel.
 
 Training-only heads exist with their parameters so that published checkpoints load
 strictly, but inference never runs them: the multi-scale supervision convolutions
@@ -45,7 +46,7 @@ weights expect ``INPUT_SIZE`` x ``INPUT_SIZE`` RGB scaled to [0, 1] and normalis
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,8 @@ STD = (0.229, 0.224, 0.225)
 SIZE_MULTIPLE = 32
 
 _PUBLISHED_PREFIXES = ("module.", "_orig_mod.")
+
+PatchOrder = Literal["current", "legacy"]
 
 
 @dataclass(frozen=True)
@@ -90,23 +93,34 @@ def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tens
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
-def image_patches(image: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+def image_patches(
+    image: torch.Tensor, size: tuple[int, int] | torch.Size, order: PatchOrder = "current"
+) -> torch.Tensor:
     """Cuts images into a grid of ``size`` patches stacked on the channel axis.
+
+    The reference changed the order in its commit 5198d3f (2024-11-05). Weights trained
+    before it (BiRefNet general and lite, RMBG-2.0) need ``legacy``, later ones ``current``;
+    the other order gives wrong outputs without any error.
 
     Args:
         image: Images (N, C, H, W) whose sides are multiples of ``size``.
         size: Patch height and width.
+        order: ``current``: channel ``c * rows * cols + row * cols + col`` holds channel ``c``
+            of the patch at (``row``, ``col``), the reference since 5198d3f. ``legacy``: the
+            patches column by column, each with its channels innermost, channel
+            ``(col * rows + row) * C + c``, the reference before it.
 
     Returns:
-        (N, C * rows * cols, h, w), channel ``c * rows * cols + row * cols + col`` holding
-        channel ``c`` of the patch at (``row``, ``col``). This is the reference's order since
-        its commit 5198d3f (2024-11-05); before that it stacked the patches column by column
-        with the channels innermost (``(col * rows + row) * C + c``).
+        (N, C * rows * cols, h, w).
     """
     n, c, height, width = image.shape
     h, w = size
     rows, cols = height // h, width // w
-    grid = image.reshape(n, c, rows, h, cols, w).permute(0, 1, 2, 4, 3, 5)
+    grid = image.reshape(n, c, rows, h, cols, w)
+    if order == "legacy":
+        grid = grid.permute(0, 4, 2, 1, 3, 5)
+    else:
+        grid = grid.permute(0, 1, 2, 4, 3, 5)
     return grid.reshape(n, c * rows * cols, h, w)
 
 
@@ -510,10 +524,12 @@ class Decoder(nn.Module):
 
     Args:
         channels: Encoder channels, deepest first (after the multi-scale concatenation).
+        patch_order: Channel order of the image patches (see :func:`image_patches`).
     """
 
-    def __init__(self, channels: list[int]) -> None:
+    def __init__(self, channels: list[int], patch_order: PatchOrder = "current") -> None:
         super().__init__()
+        self.patch_order = patch_order
         patch_out = [c // 8 for c in channels]
         # Inputs of ipt_blk5 ... ipt_blk1: the image cut into 32x32, 16x16, 8x8, 4x4 and 1x1
         # grids of patches (3 channels each).
@@ -544,7 +560,7 @@ class Decoder(nn.Module):
                 self.add_module(f"gdt_convs_{kind}_{index}", _conv1x1_head(gate_ch))
 
     def _with_patches(self, p: torch.Tensor, image: torch.Tensor, level: int) -> torch.Tensor:
-        patches = getattr(self, f"ipt_blk{level}")(image_patches(image, p.shape[2:]))
+        patches = getattr(self, f"ipt_blk{level}")(image_patches(image, p.shape[2:], self.patch_order))
         return torch.cat((p, patches), 1)
 
     def _gated(self, p: torch.Tensor, level: int) -> torch.Tensor:
@@ -577,22 +593,32 @@ class BiRefNet(nn.Module):
 
     Args:
         variant: Backbone, a key of ``VARIANTS`` (``swin_l`` or ``swin_t``).
+        patch_order: Channel order of the decoder's image patches, which must be the one the
+            weights were trained with (see :func:`image_patches`); it has no parameters of its
+            own, so a checkpoint loads either way.
 
     Raises:
-        ValueError: For an unknown variant.
+        ValueError: For an unknown variant or patch order.
     """
 
-    def __init__(self, variant: str = "swin_l") -> None:
+    def __init__(self, variant: str = "swin_l", patch_order: PatchOrder = "current") -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"unknown BiRefNet variant {variant!r}; known: {', '.join(VARIANTS)}")
+        if patch_order not in get_args(PatchOrder):
+            raise ValueError(f"unknown BiRefNet patch order {patch_order!r}; known: {', '.join(get_args(PatchOrder))}")
         shape = VARIANTS[variant]
         self.variant = variant
         self.bb = SwinBackbone(shape)
         # Multi-scale input 'cat' doubles every backbone feature's channels.
         channels = [2 * shape.embed_dim * 2**i for i in (3, 2, 1, 0)]
         self.squeeze_module = nn.Sequential(BasicDecBlk(sum(channels), channels[0]))
-        self.decoder = Decoder(channels)
+        self.decoder = Decoder(channels, patch_order)
+
+    @property
+    def patch_order(self) -> PatchOrder:
+        """The decoder's image-patch order."""
+        return self.decoder.patch_order
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Runs the backbone at full and half size and builds the decoder's inputs.
@@ -644,16 +670,17 @@ class BiRefNet(nn.Module):
         return torch.sigmoid(self.forward(x))
 
 
-def build_birefnet(variant: str) -> BiRefNet:
+def build_birefnet(variant: str, patch_order: PatchOrder = "current") -> BiRefNet:
     """BiRefNet with random weights (the registry's builder).
 
     Args:
         variant: ``swin_l`` (BiRefNet general, RMBG-2.0) or ``swin_t`` (BiRefNet_lite).
+        patch_order: The image-patch order the weights were trained with.
 
     Raises:
-        ValueError: For an unknown variant.
+        ValueError: For an unknown variant or patch order.
     """
-    return BiRefNet(variant)
+    return BiRefNet(variant, patch_order)
 
 
 def map_published_keys(state: dict[str, Any]) -> dict[str, Any]:

@@ -74,12 +74,12 @@ def _resolve(path: str) -> Callable[..., Any]:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-def _birefnet(name: str, variant: str, licence: str) -> ModelSpec:
+def _birefnet(name: str, variant: str, patch_order: str, licence: str) -> ModelSpec:
     return ModelSpec(
         name=name,
         architecture="birefnet",
         builder="pipeline.models.birefnet:build_birefnet",
-        builder_kwargs=(("variant", variant),),
+        builder_kwargs=(("variant", variant), ("patch_order", patch_order)),
         input_size=1024,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
@@ -125,9 +125,20 @@ _SPECS = [
         key_map=None,
         licence="Apache-2.0 (U-2-Net)",
     ),
-    _birefnet("birefnet-general", "swin_l", "MIT (ZhengPeng7/BiRefNet)"),
-    _birefnet("birefnet-lite", "swin_t", "MIT (ZhengPeng7/BiRefNet_lite)"),
-    _birefnet("rmbg-2.0", "swin_l", "CC BY-NC 4.0 (briaai/RMBG-2.0): non-commercial unless licensed from BRIA"),
+    # All three published BiRefNet weight sets were trained with the "legacy" image-patch order
+    # (pipeline/models/birefnet.py:image_patches), which ZhengPeng7/BiRefNet replaced in its
+    # commit 5198d3f (2024-11-05). Its general weights date from its commit 2ccc960
+    # (2024-07-28; Hugging Face ZhengPeng7/BiRefNet model.safetensors, last changed in bb4456a
+    # with that update) and its lite weights from 1931af0 (2024-08-02; ZhengPeng7/BiRefNet_lite
+    # model.safetensors, unchanged since its first upload), although the birefnet.py beside them
+    # on Hugging Face has since moved to the current order. briaai/RMBG-2.0's birefnet.py
+    # stacks the patches the old way (get_patches_batch), as its copies in Sanster/IOPaint
+    # (iopaint/plugins/briarmbg2.py at a89d6e0) and alexgenovese/cog-remove-background-bria-v2
+    # (birefnet.py at 7cb8c04) show. tests/test_birefnet.py checks "legacy" against 5198d3f's
+    # parent.
+    _birefnet("birefnet-general", "swin_l", "legacy", "MIT (ZhengPeng7/BiRefNet)"),
+    _birefnet("birefnet-lite", "swin_t", "legacy", "MIT (ZhengPeng7/BiRefNet_lite)"),
+    _birefnet("rmbg-2.0", "swin_l", "legacy", "CC BY-NC 4.0 (briaai/RMBG-2.0): non-commercial unless licensed from BRIA"),
     _isnet("isnet-general-use", "Apache-2.0 (xuebinqin/DIS)"),
     _isnet("rmbg-1.4", "bria-rmbg-1.4: non-commercial unless licensed from BRIA"),
 ]
