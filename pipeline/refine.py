@@ -25,8 +25,33 @@ def _resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(x, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A float mask resized to ``width`` x ``height``: bilinear up, area-averaged down."""
+    mask = np.ascontiguousarray(mask, dtype=np.float32)
+    shrink = width < mask.shape[1] or height < mask.shape[0]
+    return cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 def _gray(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def _guided_coefficients(
+    mask: np.ndarray, guide_full: np.ndarray, work_side: int, radius: int, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The guided filter's smoothed linear coefficients (a, b), fitted at the working resolution."""
+    height, width = guide_full.shape[:2]
+    scale = min(1.0, work_side / max(height, width))
+    ww, wh = max(1, round(width * scale)), max(1, round(height * scale))
+    guide = _resize(guide_full, ww, wh).astype(np.float32) / 255.0
+    p = _resize(mask.astype(np.float32), ww, wh)
+    mean_i = _box(guide, radius)
+    mean_p = _box(p, radius)
+    cov_ip = _box(guide * p, radius) - mean_i * mean_p
+    var_i = _box(guide * guide, radius) - mean_i * mean_i
+    a = cov_ip / (var_i + eps)
+    b = mean_p - a * mean_i
+    return _box(a, radius), _box(b, radius)
 
 
 def guided_upsample(
@@ -49,24 +74,27 @@ def guided_upsample(
         (H, W) float32 alpha in [0, 1].
     """
     height, width = rgb.shape[:2]
-    scale = min(1.0, work_side / max(height, width))
-    ww, wh = max(1, round(width * scale)), max(1, round(height * scale))
     guide_full = _gray(rgb)
-    guide = _resize(guide_full, ww, wh).astype(np.float32) / 255.0
-    p = _resize(mask.astype(np.float32), ww, wh)
-    mean_i = _box(guide, radius)
-    mean_p = _box(p, radius)
-    cov_ip = _box(guide * p, radius) - mean_i * mean_p
-    var_i = _box(guide * guide, radius) - mean_i * mean_i
-    a = cov_ip / (var_i + eps)
-    b = mean_p - a * mean_i
-    mean_a = _box(a, radius)
-    mean_b = _box(b, radius)
-    if scale < 1.0:
-        mean_a = _resize(mean_a, width, height)
-        mean_b = _resize(mean_b, width, height)
-    alpha = mean_a * (guide_full.astype(np.float32) * (1.0 / 255.0)) + mean_b
+    mean_a, mean_b = _guided_coefficients(mask, guide_full, work_side, radius, eps)
+    alpha = _resize(mean_a, width, height) * (guide_full.astype(np.float32) * (1.0 / 255.0)) + _resize(mean_b, width, height)
     return np.clip(alpha, 0.0, 1.0, out=alpha)
+
+
+def _sample(coefficients: np.ndarray, ys: np.ndarray, xs: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear values of a working-resolution map at full-resolution pixels, as a resize to
+    ``width`` x ``height`` would give them (half-pixel centres, edges clamped)."""
+    wh, ww = coefficients.shape
+
+    def axis(pixels: np.ndarray, size: int, full: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((pixels.astype(np.float32) + 0.5) * (size / full) - 0.5, 0, size - 1)
+        lo = pos.astype(np.intp)
+        return lo, np.minimum(lo + 1, size - 1), pos - lo
+
+    x0, x1, fx = axis(xs, ww, width)
+    y0, y1, fy = axis(ys, wh, height)
+    top = coefficients[y0, x0] * (1 - fx) + coefficients[y0, x1] * fx
+    bottom = coefficients[y1, x0] * (1 - fx) + coefficients[y1, x1] * fx
+    return top * (1 - fy) + bottom * fy
 
 
 def refine_edges(
@@ -76,11 +104,14 @@ def refine_edges(
     eps: float = 1e-3,
     band: tuple[float, float] = (0.02, 0.98),
     grow: int = 3,
+    work_side: int = 1024,
 ) -> np.ndarray:
     """Full-resolution alpha: bilinear everywhere, guided-filtered in the uncertain edge band.
 
     The solid inside and outside of the mask are kept as they are; only pixels near the edge
     (mask between ``band`` values, grown by ``grow`` pixels) take the guided filter's value.
+    The filter is fitted at ``work_side`` and evaluated at the band's pixels only, so the
+    full-resolution cost is a resize, a dilation and work proportional to the edge's length.
 
     Args:
         mask: (h, w) float mask from the model.
@@ -89,18 +120,24 @@ def refine_edges(
         eps: Guided filter regularisation.
         band: Mask values between these are "uncertain".
         grow: Pixels the uncertain band is grown by.
+        work_side: Long side of the resolution the filter is fitted at.
 
     Returns:
         (H, W) float32 alpha in [0, 1].
     """
     height, width = rgb.shape[:2]
-    full = _resize(mask.astype(np.float32), width, height)
-    uncertain = ((full > band[0]) & (full < band[1])).astype(np.uint8)
+    full = resize_mask(mask, width, height)
+    uncertain = ((full > band[0]) & (full < band[1])).view(np.uint8)
     if not uncertain.any():
         return full
-    uncertain = cv2.dilate(uncertain, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) > 0
-    guided = guided_upsample(mask, rgb, radius=radius, eps=eps)
-    return np.where(uncertain, guided, full)
+    uncertain = cv2.dilate(uncertain, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    ys, xs = np.nonzero(uncertain)
+    guide_full = _gray(rgb)
+    mean_a, mean_b = _guided_coefficients(mask, guide_full, work_side, radius, eps)
+    guide = guide_full[ys, xs].astype(np.float32) * (1.0 / 255.0)
+    values = _sample(mean_a, ys, xs, width, height) * guide + _sample(mean_b, ys, xs, width, height)
+    full[ys, xs] = np.clip(values, 0.0, 1.0)
+    return full
 
 
 def _blur_fusion(image: np.ndarray, fg: np.ndarray, bg: np.ndarray, alpha: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.errors import CutoutError
-from pipeline.imageio import composite_over_white, decode_base64, decode_image, sniff
+from pipeline.imageio import composite_over_white, decode_base64, decode_image, encode_png, jpeg_preview, sniff
 from tests.images import encode, product_photo, rgba_with_alpha
 
 MP = 1_000_000
@@ -172,3 +172,40 @@ def test_rgba_with_icc_profile_keeps_alpha():
     im, alpha = rgba_with_alpha()
     out = decode(encode(im, "PNG", icc_profile=profile))
     assert np.array_equal(out.alpha, alpha)
+
+
+def test_result_png_round_trips_exactly_through_other_decoders():
+    import io
+
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1, 4), (3, 5, 4), (97, 131, 4)]:
+        rgba = rng.integers(0, 256, shape, dtype=np.uint8)
+        for level in (0, 2, 9):
+            png = encode_png(rgba, level)
+            im = Image.open(io.BytesIO(png))
+            im.load()  # Pillow checks every chunk's CRC
+            assert im.mode == "RGBA" and np.array_equal(np.asarray(im), rgba)
+            bgra = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)  # libpng
+            assert np.array_equal(bgra[..., [2, 1, 0, 3]], rgba)
+    smooth = np.dstack([np.tile(np.arange(256, dtype=np.uint8), (64, 1))] * 4)
+    assert len(encode_png(smooth, 2)) < smooth.nbytes / 20  # the filter makes gradients compress
+
+
+def test_jpeg_preview_is_a_reduced_decode_in_the_same_orientation_and_colours():
+    im = product_photo(1280, 640)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW on display
+    data = encode(im, "JPEG", exif=exif.tobytes(), quality=95)
+    full = decode(data)
+    preview = jpeg_preview(data, 320)
+    assert preview is not None and preview.shape == (640, 320, 3)  # 1/2 scale, rotated like the full decode
+    halved = np.asarray(Image.fromarray(full.rgb).reduce(2)).astype(int)
+    assert np.abs(preview.astype(int) - halved).mean() < 3
+    assert jpeg_preview(encode(product_photo(400, 300), "JPEG"), 320) is None  # no 1/2 step keeps 320
+    assert jpeg_preview(encode(im, "PNG"), 32) is None
+    cmyk = jpeg_preview(encode(product_photo(1280, 640).convert("CMYK"), "JPEG", quality=95), 320)
+    assert cmyk is not None and cmyk.shape == (320, 640, 3)
+    r, g, b = cmyk[176, 320].astype(int)  # the red product, converted from CMYK like the full decode
+    assert r > 150 and g < 90 and b < 90
