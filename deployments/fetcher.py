@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass
+
 import numpy as np
+import ray
 from ray import serve
 
 from pipeline.service import ImageLoader, LoadedImage
 from pipeline.settings import Settings
+
+
+@dataclass
+class Fetched:
+    """What the fetcher hands back to the ingress: small things only.
+
+    Attributes:
+        image: Ray object reference to the :class:`LoadedImage` (full-resolution pixels stay
+            in the object store; the uploader and moderator read them from there).
+        model_input: (S, S, 3) uint8 for the segmenter, or None when the model is not needed.
+    """
+
+    image: ray.ObjectRef
+    model_input: np.ndarray | None
 
 
 @serve.deployment(name="Fetcher")
@@ -16,16 +34,11 @@ class Fetcher:
     def __init__(self, settings: Settings) -> None:
         self.loader = ImageLoader(settings)
 
-    async def load(self, image_url: str | None, file: str | None, force_rmbg: bool) -> LoadedImage:
-        """Fetch or decode the image and prepare the model input."""
-        return await self.loader.load(image_url, file, force_rmbg)
-
-    async def model_input(self, loaded: LoadedImage) -> np.ndarray | None:
-        """Only the model-sized input, so full-resolution pixels never reach the segmenter.
-
-        ``loaded`` arrives through Ray's object store (zero-copy on the same node).
-        """
-        return loaded.model_input
+    async def load(self, image_url: str | None, file: str | None, force_rmbg: bool) -> Fetched:
+        """Fetch or decode the image; the full-resolution result goes to the object store."""
+        loaded = await self.loader.load(image_url, file, force_rmbg)
+        model_input, loaded.model_input = loaded.model_input, None
+        return Fetched(await asyncio.to_thread(ray.put, loaded), model_input)
 
     async def ready(self) -> bool:
         """Used by ``/healthz``."""

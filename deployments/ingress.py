@@ -7,10 +7,11 @@ storage), ``GET /healthz``. In-cluster callers use :meth:`Ingress.cutout` throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -23,6 +24,7 @@ from pipeline.request import CutoutRequest, parse_body, parse_fields
 from pipeline.service import CutoutOptions
 from pipeline.settings import Settings
 from pipeline.storage import RESULTS_ROUTE
+from pipeline.timing import Timings, server_timing
 from pipeline.ratelimit import retry_after_header
 from pipeline.tokens import TokenRecord, TokenStore, validate_org
 
@@ -32,6 +34,7 @@ CUTOUT_ROUTE = "/product/cutout"
 HEALTH_ROUTE = "/healthz"
 TOKEN_HEADERS = ("api_token", "api-token")
 HEALTH_TIMEOUT_S = 2.0
+OVERLOAD_RETRY_AFTER_S = 1
 
 
 def error_response(error: CutoutError, request_id: str) -> JSONResponse:
@@ -62,6 +65,7 @@ class Ingress:
         self.moderator = moderator
         self.uploader = uploader
         self.limiter = limiter
+        self._inflight = 0  # cutout requests of this replica now in the pipeline
 
     async def __call__(self, request: Request) -> Response:
         """Route an HTTP request."""
@@ -75,12 +79,15 @@ class Ingress:
                     raise CutoutError(405, "method_not_allowed", "Use POST.", None)
                 record = self._authenticate(request)
                 org = record.org
-                await self._rate_limit(record)
-                body = await self._read_body(request)
-                # a 16 MB JSON body takes tens of ms to parse: not on the event loop
-                parsed = await asyncio.to_thread(parse_body, body) if len(body) > 65536 else parse_body(body)
-                result = await self._run(org, parsed, request_id)
-                response: Response = JSONResponse(result, headers={"X-Request-Id": request_id})
+                with self._admit():  # overload: 503 at once, before the body is read
+                    await self._rate_limit(record)
+                    body = await self._read_body(request)
+                    # a 16 MB JSON body takes tens of ms to parse: not on the event loop
+                    parsed = await asyncio.to_thread(parse_body, body) if len(body) > 65536 else parse_body(body)
+                    result, timings = await self._run(org, parsed, request_id)
+                timings["total"] = 1000 * (time.monotonic() - started)
+                headers = {"X-Request-Id": request_id, "Server-Timing": server_timing(timings)}
+                response: Response = JSONResponse(result, headers=headers)
             elif path.startswith(RESULTS_ROUTE) and request.method in ("GET", "HEAD"):
                 response = await self._result(request)
             elif path == HEALTH_ROUTE:
@@ -130,9 +137,27 @@ class Ingress:
             "content_moderation": content_moderation,
         }
         try:
-            return await self._run(org, parse_fields(fields), request_id)
+            with self._admit():
+                body, _ = await self._run(org, parse_fields(fields), request_id)
+            return body
         except Exception as exc:
             raise to_cutout_error(exc, request_id) from None
+
+    @contextlib.contextmanager
+    def _admit(self) -> Iterator[None]:
+        """Count a request into the pipeline, or refuse it with 503 when this replica is full.
+
+        Past ``CUTOUT_INGRESS_MAX_INFLIGHT`` requests the stages behind could only queue them,
+        and every queued request makes all later ones slower: refusing at once keeps the
+        latency of admitted requests bounded and tells clients to come back.
+        """
+        if self._inflight >= self.settings.ingress_max_inflight:
+            raise unavailable("The service is at capacity; try again shortly.", retry_after=OVERLOAD_RETRY_AFTER_S, internal="ingress at capacity", reason="overloaded")
+        self._inflight += 1
+        try:
+            yield
+        finally:
+            self._inflight -= 1
 
     def _authenticate(self, request: Request) -> TokenRecord:
         token = next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), None)
@@ -166,22 +191,23 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _run(self, org: str, req: CutoutRequest, request_id: str) -> dict[str, Any]:
+    async def _run(self, org: str, req: CutoutRequest, request_id: str) -> tuple[dict[str, Any], Timings]:
         try:
             return await asyncio.wait_for(self._pipeline(org, req, request_id), timeout=self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise unavailable("The request took too long; try again.", retry_after=5, internal="request timeout") from None
 
-    async def _pipeline(self, org: str, req: CutoutRequest, request_id: str) -> dict[str, Any]:
-        # Chained DeploymentResponses: the decoded image goes from the fetcher to the other
-        # stages through Ray's object store, never back through this replica, and the
-        # segmenter (the GPU stage) receives only the model-sized input.
-        loaded = self.fetcher.load.remote(req.image_url, req.file, req.force_rmbg)
+    async def _pipeline(self, org: str, req: CutoutRequest, request_id: str) -> tuple[dict[str, Any], Timings]:
+        # The decoded image stays in Ray's object store: the fetcher returns a reference to it
+        # and the model-sized input; the reference goes on to the moderator and uploader, and
+        # the segmenter (the GPU stage) receives only the model-sized input. The segmenter's
+        # response is chained into the uploader without coming back here.
+        fetched = await self.fetcher.load.remote(req.image_url, req.file, req.force_rmbg)
         if req.content_moderation:
-            await self.moderator.check_input.remote(loaded)
-        probability = self.segmenter.segment.remote(self.fetcher.model_input.remote(loaded))
+            await self.moderator.check_input.remote(fetched.image)
+        segmentation = self.segmenter.segment.remote(fetched.model_input)
         options = CutoutOptions(org, req.sku, req.force_rmbg, req.preserve_alpha, request_id)
-        return await self.uploader.finish.remote(loaded, probability, options, req.content_moderation)
+        return await self.uploader.finish.remote(fetched.image, segmentation, options, req.content_moderation)
 
     async def _result(self, request: Request) -> Response:
         name = request.url.path[len(RESULTS_ROUTE):]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 from ray import serve
 
+from pipeline.service import Segmentation
 from pipeline.settings import Settings
 
 
@@ -33,19 +35,24 @@ class Segmenter:
         self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
-    async def _infer(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        probabilities = await asyncio.to_thread(self.model.predict, np.stack(inputs))
-        return list(probabilities)
+    async def _infer(self, inputs: list[tuple[np.ndarray, float]]) -> list[Segmentation]:
+        started = time.perf_counter()
+        probabilities = await asyncio.to_thread(self.model.predict, np.stack([x for x, _ in inputs]))
+        forward_ms = 1000.0 * (time.perf_counter() - started)
+        return [
+            Segmentation(p, {"segment_queue": 1000.0 * (started - arrived), "segment": forward_ms})
+            for p, (_, arrived) in zip(probabilities, inputs)
+        ]
 
-    async def segment(self, model_input: np.ndarray | None) -> np.ndarray | None:
-        """The low-resolution probability map, or None when the output alpha needs no model.
+    async def segment(self, model_input: np.ndarray | None) -> Segmentation:
+        """The low-resolution probability map (None when the output alpha needs no model).
 
         Args:
             model_input: (S, S, 3) uint8 at the model's input size; never the full image.
         """
         if model_input is None:
-            return None
-        return await self._infer(model_input)
+            return Segmentation(None)
+        return await self._infer((model_input, time.perf_counter()))
 
     async def ready(self) -> bool:
         """Used by ``/healthz``."""

@@ -11,8 +11,9 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from pipeline.errors import unavailable
-from pipeline.service import CutoutOptions, Finisher, LoadedImage
+from pipeline.service import CutoutOptions, Finisher, LoadedImage, Segmentation
 from pipeline.settings import Settings
+from pipeline.timing import Timings, timed
 
 logger = logging.getLogger("ray.serve")
 
@@ -40,14 +41,24 @@ class Uploader:
                     logger.info("deleted %d expired result files", removed)
             await asyncio.sleep(period_s)
 
-    async def finish(self, loaded: LoadedImage, probability: np.ndarray | None, options: CutoutOptions, moderate: bool) -> dict:
-        """Compose the cutout, moderate it if asked, then store it and return the 200 body."""
+    async def finish(
+        self, loaded: LoadedImage, segmentation: Segmentation, options: CutoutOptions, moderate: bool
+    ) -> tuple[dict, Timings]:
+        """Compose the cutout, moderate it if asked, then store it.
+
+        Returns:
+            The 200 body, and every stage's milliseconds so far (for ``Server-Timing``).
+        """
         if self._storage_error:
             raise unavailable("Result storage is unavailable; try again.", retry_after=10, internal=self._storage_error)
-        rgba, crop = await asyncio.to_thread(self.finisher.compose, loaded, probability, options)
+        timings = {**loaded.timings, **segmentation.timings}
+        with timed(timings, "compose"):
+            rgba, crop = await asyncio.to_thread(self.finisher.compose, loaded, segmentation.probability, options)
         if moderate:
-            await self.moderator.check_output.remote(rgba)
-        return await asyncio.to_thread(self.finisher.store, loaded, rgba, crop, options)
+            with timed(timings, "moderate_output"):
+                await self.moderator.check_output.remote(rgba)
+        body = await asyncio.to_thread(self.finisher.store, loaded, rgba, crop, options, timings)
+        return body, timings
 
     async def read(self, name: str, expires: str | None, signature: str | None) -> bytes:
         """A stored result for ``GET /results/...``."""

@@ -120,9 +120,9 @@ def download_failed(message: str, internal: str | None = None) -> CutoutError:
     return CutoutError(460, "failed_to_download_image", message, "image_url", internal=internal)
 
 
-def unavailable(message: str, retry_after: int = 1, internal: str | None = None) -> CutoutError:
-    """A 503: overloaded or a stage unavailable."""
-    return CutoutError(503, "unavailable", message, None, internal=internal, retry_after=retry_after)
+def unavailable(message: str, retry_after: int = 1, internal: str | None = None, reason: str = "unavailable") -> CutoutError:
+    """A 503: a stage unavailable (``unavailable``) or the service at capacity (``overloaded``)."""
+    return CutoutError(503, reason, message, None, internal=internal, retry_after=retry_after)
 
 
 def internal_error() -> CutoutError:

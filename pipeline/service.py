@@ -8,7 +8,7 @@ Each class is what one deployment holds: :class:`ImageLoader` (fetcher), :class:
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from pipeline.moderation import NudityDetector, Policy, over_white
 from pipeline.netguard import AddressPolicy
 from pipeline.settings import Settings
 from pipeline.storage import LocalStorage, load_or_create_key
+from pipeline.timing import Timings, timed
 
 @dataclass
 class LoadedImage:
@@ -28,10 +29,26 @@ class LoadedImage:
     Attributes:
         image: Full-resolution pixels.
         model_input: (S, S, 3) uint8 for the segmenter, or None when the model is not needed.
+        timings: Milliseconds spent fetching and decoding (see :mod:`pipeline.timing`).
     """
 
     image: imageio.DecodedImage
     model_input: np.ndarray | None
+    timings: Timings = field(default_factory=dict)
+
+
+@dataclass
+class Segmentation:
+    """What the segmenter returns: the low-resolution mask and the time it took.
+
+    Attributes:
+        probability: (S, S) float32 foreground probabilities, or None when the output alpha
+            needs no model (the input's own alpha is used).
+        timings: ``segment_queue`` (waiting for a batch) and ``segment`` (the batch's forward).
+    """
+
+    probability: np.ndarray | None
+    timings: Timings = field(default_factory=dict)
 
 
 class ImageLoader:
@@ -61,18 +78,25 @@ class ImageLoader:
         Raises:
             CutoutError: Any input error of SPEC.md (400, 404, 413, 415, 460).
         """
-        if image_url:
-            data, parameter = await self.fetcher.fetch(image_url), "image_url"
-        else:
-            data, parameter = imageio.decode_base64(file or "", self.settings.max_src_file_size), "file"
-        return await asyncio.to_thread(self.decode, data, parameter, force_rmbg)
+        timings: Timings = {}
+        with timed(timings, "fetch"):
+            if image_url:
+                data, parameter = await self.fetcher.fetch(image_url), "image_url"
+            else:
+                data, parameter = imageio.decode_base64(file or "", self.settings.max_src_file_size), "file"
+        with timed(timings, "decode"):
+            loaded = await asyncio.to_thread(self.decode, data, parameter, force_rmbg)
+        loaded.timings.update(timings)
+        return loaded
 
     def decode(self, data: bytes, parameter: str, force_rmbg: bool) -> LoadedImage:
         """Decode bytes and prepare the model input (CPU-bound)."""
         image = imageio.decode_image(data, parameter, self.settings.max_src_pixels)
         model_input = None
         if compose.needs_model(image, force_rmbg):
-            model_input = imageio.model_input(compose.segmentation_source(image), self.model_size)
+            preview = imageio.jpeg_preview(data, self.model_size) if image.alpha is None else None
+            source = compose.segmentation_source(image) if preview is None else preview
+            model_input = imageio.model_input(source, self.model_size)
         return LoadedImage(image, model_input)
 
 
@@ -145,7 +169,7 @@ class Finisher:
         self.storage = open_storage(settings)
 
     def compose(self, loaded: LoadedImage, probability: np.ndarray | None, options: CutoutOptions) -> tuple[np.ndarray, compose.Crop]:
-        """The cropped RGBA cutout (CPU-bound).
+        """The cropped RGBA cutout (CPU-bound): mask to full-resolution alpha, alpha table, crop.
 
         Raises:
             CutoutError: 422 no_product_found.
@@ -163,11 +187,20 @@ class Finisher:
         estimate = refine.estimate_foreground if s.refine_foreground and model_alpha is not None else None
         return compose.cutout(image, alpha, estimate)
 
-    def store(self, loaded: LoadedImage, rgba: np.ndarray, crop: compose.Crop, options: CutoutOptions) -> dict[str, Any]:
-        """Encode, store and sign; return the 200 body of SPEC.md (CPU- and disk-bound)."""
-        png = imageio.encode_png(rgba, self.settings.png_compress_level)
+    def store(
+        self, loaded: LoadedImage, rgba: np.ndarray, crop: compose.Crop, options: CutoutOptions, timings: Timings | None = None
+    ) -> dict[str, Any]:
+        """Encode, store and sign; return the 200 body of SPEC.md (CPU- and disk-bound).
+
+        Args:
+            timings: Where ``encode`` and ``store`` milliseconds are added, if given.
+        """
+        timings = {} if timings is None else timings
+        with timed(timings, "encode"):
+            png = imageio.encode_png(rgba, self.settings.png_compress_level)
         metadata = {"sku": options.sku, "request_id": options.request_id, "model": self.settings.segmenter_model}
-        name = self.storage.put(options.org, png, metadata)
+        with timed(timings, "store"):
+            name = self.storage.put(options.org, png, metadata)
         return {
             "result_url": self.storage.signed_url(name),
             "sku": options.sku,

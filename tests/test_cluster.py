@@ -60,3 +60,5 @@ def test_every_config_has_each_stage_and_valid_args(tmp_path):
             assert deployments["Segmenter"]["ray_actor_options"].get("num_gpus") == 1
         seg = deployments["Segmenter"]
         assert seg["max_ongoing_requests"] >= 2 * settings.segmenter_batch_size
+        # the ingress must have room to answer 503 to what it refuses at capacity
+        assert deployments["Ingress"]["max_ongoing_requests"] > settings.ingress_max_inflight

@@ -65,3 +65,31 @@ def test_stage_failures_map_to_typed_errors():
     assert busy.status == 503 and busy.retry_after
     bug = to_cutout_error(ZeroDivisionError("secret detail"), "r3")
     assert bug.status == 500 and "secret" not in json.dumps(bug.to_body())
+
+
+def test_at_capacity_the_answer_is_503_before_the_body_is_read(tmp_path):
+    from starlette.requests import Request
+
+    from pipeline import tokens
+
+    settings = load_settings({"data_dir": str(tmp_path), "ingress_max_inflight": 1}, environ={})
+    token = tokens.create_token(settings.tokens_file, "acme")
+    handles = [FakeHandle(True) for _ in range(5)]
+    ingress = Ingress.func_or_class(settings, *handles)
+    body_read = []
+
+    async def receive():
+        body_read.append(True)
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    scope = {"type": "http", "method": "POST", "path": "/product/cutout", "query_string": b"", "headers": [(b"api_token", token.encode())]}
+
+    async def go():
+        with ingress._admit():  # one request already in the pipeline
+            return await ingress(Request(scope, receive))
+
+    response = asyncio.run(go())
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert json.loads(response.body)["error"]["reason"] == "overloaded"
+    assert not body_read
+    assert ingress._inflight == 0  # the refused request left the count as it was

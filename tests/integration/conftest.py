@@ -81,6 +81,7 @@ class Service:
     log_dir: Path
     env: dict
     limited_token: str = ""
+    head_pid: int = 0
 
     def post(self, body: dict | bytes | Iterator[bytes], token: str | None = "default", **kw) -> requests.Response:
         headers = kw.pop("headers", {})
@@ -97,12 +98,14 @@ def _ray_bin(name: str) -> str:
 
 
 @contextlib.contextmanager
-def running_service(args: dict | None = None, env_extra: dict | None = None) -> Iterator[Service]:
+def running_service(args: dict | None = None, env_extra: dict | None = None, as_shipped: bool = False) -> Iterator[Service]:
     """Start a Ray head and the application from a copy of serve_config.yaml; stop both after.
 
     Args:
         args: Application ``args`` to change.
         env_extra: Extra environment for the cluster (``CUTOUT_*`` overrides among them).
+        as_shipped: Keep the deployments' replica settings as serve_config.yaml has them
+            (benchmarks); by default tests pin one replica per stage and two ingress replicas.
     """
     data_dir = Path(tempfile.mkdtemp(prefix="cutout-it-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
@@ -117,7 +120,7 @@ def running_service(args: dict | None = None, env_extra: dict | None = None) -> 
         moderation_block=FACE_POLICY,
         **(args or {}),
     )
-    for deployment in app["deployments"]:  # one replica each keeps the 2-core CI machine calm
+    for deployment in [] if as_shipped else app["deployments"]:  # one replica each keeps the 2-core CI machine calm
         if "autoscaling_config" in deployment:
             deployment["autoscaling_config"]["max_replicas"] = 1
         if deployment["name"] == "Ingress":  # ...but two ingress replicas: limits must hold across them
@@ -172,7 +175,7 @@ def running_service(args: dict | None = None, env_extra: dict | None = None) -> 
             log.flush()
             tail = (data_dir / "serve-run.log").read_text(errors="replace")[-4000:]
             pytest.fail(f"the Serve application did not become healthy in {START_TIMEOUT_S}s:\n{tail}")
-        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env, limited)
+        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env, limited, head.pid)
     finally:
         if proc is not None:
             _stop(proc, signal.SIGINT)

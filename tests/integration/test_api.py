@@ -12,6 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
+from pipeline.timing import parse_server_timing
 from tests.images import b64, encode, eval_image, have_eval, rgba_with_alpha
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,10 @@ def test_base64_cutout_returns_cropped_rgba_png(service):
     # tight: every edge row and column of the crop has a visible pixel
     assert alpha[0].any() and alpha[-1].any() and alpha[:, 0].any() and alpha[:, -1].any()
     assert (alpha == 0).any() and (alpha == 255).any()
+    # every stage reports its time; the whole is at least the sum of the stages it ran
+    timings = parse_server_timing(resp.headers["server-timing"])
+    assert {"fetch", "decode", "segment", "compose", "encode", "store", "total"} <= set(timings)
+    assert timings["segment"] > 0 and timings["total"] >= sum(v for k, v in timings.items() if k != "total") * 0.99
 
 
 def test_result_url_expires_and_file_is_deleted(service):
