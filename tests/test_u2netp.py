@@ -57,7 +57,9 @@ def test_torch_model_equals_onnxruntime_on_real_photos(model):
             ours = model.forward_all(x)
         for k, (a, b) in enumerate(zip(ours, reference)):
             diff = float(np.abs(a.numpy() - b).max())
-            assert diff <= 1e-4, f"{name} output d{k}: max abs difference {diff}"
+            # float32 rounding only: the kernels differ by CPU (2.4e-5 measured on an AVX-512
+            # machine, 1.2e-4 on an AVX2-only one); a wrong weight or layer is off by far more
+            assert diff <= 3e-4, f"{name} output d{k}: max abs difference {diff}"
 
 
 def test_weights_cached_once_and_hash_checked(tmp_path):
