@@ -1,10 +1,17 @@
-"""`make bench`: throughput and latency, measured side by side in one run.
+"""`make bench`: throughput, latency, CPU and memory, measured side by side in one run.
 
-Rows, all on the same GrabCut images (../shared/eval), on this machine, in one process run:
-- the model alone (U²-Net-p forward, batch 1 and batch 4): the ceiling;
+Everything runs on this machine, in one run, on the GrabCut photos of ../shared/eval:
+
+- the model alone (the segmenter's forward, batch 1 and batch N): the ceiling;
 - the same pipeline in one process without Ray (decode, model, compose, encode, store);
-- the Serve application over HTTP at concurrency 1 and 4 (started here from serve_config.yaml);
-- rembg's own server (`rembg s`, same u2netp.onnx) at the same concurrency, when
+- per-stage CPU time, wall time and memory against input size (1 to 50 megapixels);
+- the Serve application over HTTP, started from serve_config.yaml as shipped (default
+  settings), at each concurrency: throughput, p50/p95/p99, errors, CPU-seconds per image over
+  every process of the Ray cluster, per-stage time from the service's own ``Server-Timing``
+  header, and peak memory per replica;
+- overload: open-loop arrivals at 4x the measured sustainable rate for a minute (admitted
+  latency against unloaded, how fast the rest are refused, memory after);
+- rembg's own server (`rembg s`, the same u2netp.onnx) at the same concurrencies, when
   `--rembg-python` names the python of a virtualenv with `rembg[cli]`.
 
     .venv/bin/python benchmarks/bench.py [--rembg-python /tmp/rembg-venv/bin/python] [--out docs/benchmarks.md]
@@ -15,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import io
+import json
 import os
 import platform
 import socket
@@ -22,11 +31,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+THREADS = 2  # what the Serve segmenter replica uses (torch_threads in serve_config.yaml)
+SIZES_MP = (1, 2, 4, 12, 50)
+STAGES = ("decode", "model", "compose", "encode", "store")
 
 
 def images(limit: int) -> list[tuple[str, bytes]]:
@@ -39,88 +57,463 @@ def images(limit: int) -> list[tuple[str, bytes]]:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
 
 
-def row(name: str, seconds: list[float], wall: float, errors: int = 0, extra: str = "") -> str:
+def row(name: str, seconds: list[float], wall: float, errors: int = 0, cpu: float | None = None, extra: str = "") -> str:
     n = len(seconds)
+    cpu_text = "-" if cpu is None else f"{cpu:.2f}"
     return (
         f"| {name} | {n} | {n / wall:.2f} | {1000 * statistics.median(seconds):.0f} | {1000 * pct(seconds, 0.95):.0f} | "
-        f"{1000 * pct(seconds, 0.99):.0f} | {errors} | {extra} |"
+        f"{1000 * pct(seconds, 0.99):.0f} | {errors} | {cpu_text} | {extra} |"
     )
 
 
-HEADER = "| what | images | images/s | p50 ms | p95 ms | p99 ms | errors | notes |\n|---|---|---|---|---|---|---|---|"
+HEADER = (
+    "| what | images | images/s | p50 ms | p95 ms | p99 ms | errors | CPU-s/image | notes |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
 
 
-def bench_in_process(data: list[tuple[str, bytes]]) -> list[str]:
-    import numpy as np
+# --- in one process, without Ray ---------------------------------------------------------
 
+
+@dataclass
+class Stages:
+    """The pipeline's parts as the deployments hold them, in this process."""
+
+    settings: Any
+    segmenter: Any
+    loader: Any
+    finisher: Any
+
+
+def make_stages(**args: Any) -> Stages:
     from pipeline.segment import Segmenter
-    from pipeline.service import CutoutOptions, Finisher, ImageLoader
+    from pipeline.service import Finisher, ImageLoader
     from pipeline.settings import load_settings
 
-    settings = load_settings({"data_dir": tempfile.mkdtemp(prefix="bench-")}, environ={})
-    threads = 2  # what the Serve segmenter replica uses (torch_threads in serve_config.yaml)
-    segmenter = Segmenter("u2netp", "cpu", settings.model_cache_dir, threads)
-    loader, finisher = ImageLoader(settings), Finisher(settings)
-    inputs = [loader.decode(raw, "file", False) for _, raw in data]
-    batch = np.stack([li.model_input for li in inputs])
-    segmenter.predict(batch[:1])  # warm-up
+    settings = load_settings({"data_dir": tempfile.mkdtemp(prefix="bench-"), **args}, environ={})
+    segmenter = Segmenter(settings.segmenter_model, "cpu", settings.model_cache_dir, THREADS)
+    return Stages(settings, segmenter, ImageLoader(settings), Finisher(settings))
+
+
+def run_once(stages: Stages, raw: bytes) -> dict[str, tuple[float, float]]:
+    """One image through the pipeline; (wall s, CPU s) per stage, as the deployments run them."""
+    from pipeline import imageio
+    from pipeline.service import CutoutOptions
+
+    out: dict[str, tuple[float, float]] = {}
+
+    def step(name: str, fn: Callable[[], Any]) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        out[name] = (time.perf_counter() - wall, time.process_time() - cpu)
+        return result
+
+    loaded = step("decode", lambda: stages.loader.decode(raw, "file", False))
+    prob = step("model", lambda: stages.segmenter.predict(loaded.model_input[None])[0])
+    options = CutoutOptions("bench", None, False, False, "bench")
+    rgba, crop = step("compose", lambda: stages.finisher.compose(loaded, prob, options))
+    png = step("encode", lambda: imageio.encode_png(rgba, stages.settings.png_compress_level))
+    storage = stages.finisher.storage
+    step("store", lambda: storage.signed_url(storage.put("bench", png, {"sku": None})))
+    return out
+
+
+def bench_model(stages: Stages, data: list[tuple[str, bytes]], batch_sizes: tuple[int, ...]) -> list[str]:
+    import numpy as np
+
+    inputs = np.stack([stages.loader.decode(raw, "file", False).model_input for _, raw in data])
+    stages.segmenter.predict(inputs[:1])  # warm-up
     rows = []
-    for size in (1, 4):
-        times = []
-        started = time.perf_counter()
-        for i in range(0, len(batch) - size + 1, size):
+    for size in batch_sizes:
+        times: list[float] = []
+        wall, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(inputs) - size + 1, size):
             t = time.perf_counter()
-            segmenter.predict(batch[i : i + size])
+            stages.segmenter.predict(inputs[i : i + size])
             times.extend([(time.perf_counter() - t) / size] * size)
-        rows.append(row(f"model alone, batch {size} (2 threads)", times, time.perf_counter() - started))
-    times = []
-    started = time.perf_counter()
-    for _, raw in data:
-        t = time.perf_counter()
-        li = loader.decode(raw, "file", False)
-        prob = segmenter.predict(li.model_input[None])[0]
-        options = CutoutOptions("bench", None, False, False, "b")
-        try:
-            rgba, crop = finisher.compose(li, prob, options)
-            finisher.store(li, rgba, crop, options)
-        except Exception:
-            pass
-        times.append(time.perf_counter() - t)
-    rows.append(row("pipeline in one process, no Ray (2 threads)", times, time.perf_counter() - started))
+        cpu_per = (time.process_time() - cpu) / len(times)
+        rows.append(row(f"model alone, batch {size} ({THREADS} threads)", times, time.perf_counter() - wall, cpu=cpu_per))
     return rows
 
 
-async def load(url: str, make_request, data: list[tuple[str, bytes]], concurrency: int, rounds: int) -> tuple[list[float], float, int]:
+def bench_in_process(stages: Stages, data: list[tuple[str, bytes]]) -> tuple[list[str], dict[str, float]]:
+    from pipeline.errors import CutoutError
+
+    times, per_stage = [], {s: 0.0 for s in STAGES}
+    wall, cpu = time.perf_counter(), time.process_time()
+    errors = 0
+    for _, raw in data:
+        t = time.perf_counter()
+        try:
+            for name, (w, _) in run_once(stages, raw).items():
+                per_stage[name] += 1000 * w / len(data)
+        except CutoutError:
+            errors += 1  # e.g. no product found: counted, as the service would answer 422
+        times.append(time.perf_counter() - t)
+    cpu_per = (time.process_time() - cpu) / len(data)
+    return [row(f"pipeline in one process, no Ray ({THREADS} threads)", times, time.perf_counter() - wall, errors, cpu_per)], per_stage
+
+
+# --- per-stage cost against input size (a fresh process per size) -------------------------
+
+
+def synthetic_jpeg(megapixels: float) -> bytes:
+    """A GrabCut photo scaled to ``megapixels`` with a little sensor-like noise, as JPEG q90."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.evalsets import default_eval_dir
+
+    src = Image.open(default_eval_dir() / "grabcut" / "images" / "124080.jpg").convert("RGB")
+    width = int(round((megapixels * 1e6 * src.width / src.height) ** 0.5))
+    height = int(round(megapixels * 1e6 / width))
+    big = np.asarray(src.resize((width, height), Image.BICUBIC), dtype=np.int16)
+    noise = np.random.default_rng(0).normal(0, 3, big.shape).astype(np.int16)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(big + noise, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+class PeakRSS:
+    """This process's peak resident memory since the last reset (Linux: VmHWM, reset through
+    /proc/self/clear_refs), so that no sampling thread has to win the GIL to see a peak."""
+
+    @staticmethod
+    def _status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def reset(self) -> int:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return self._status("VmRSS")
+
+    @property
+    def peak(self) -> int:
+        return self._status("VmHWM")
+
+
+def sweep_one(megapixels: float) -> dict[str, Any]:
+    """Per-stage wall ms, CPU ms and peak memory growth (MB) for one image of ``megapixels``."""
+    from pipeline import imageio
+
+    stages = make_stages(max_src_resolution=500)
+    raw = synthetic_jpeg(megapixels)
+    run_once(stages, raw)  # warm-up (also loads the model's weights)
+    memory: dict[str, float] = {}
+    rss = PeakRSS()
+
+    def watch(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            base = rss.reset()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                memory[name] = (rss.peak - base) / 2**20
+
+        return wrapped
+
+    stages.loader.decode = watch("decode", stages.loader.decode)
+    stages.segmenter.predict = watch("model", stages.segmenter.predict)
+    stages.finisher.compose = watch("compose", stages.finisher.compose)
+    imageio.encode_png = watch("encode", imageio.encode_png)
+    stages.finisher.storage.put = watch("store", stages.finisher.storage.put)
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(2):
+        for name, (w, c) in run_once(stages, raw).items():
+            best[name] = min(best.get(name, (w, c)), (w, c))
+    width, height = imageio.decode_image(raw, "file", 10**9).rgb.shape[1::-1]
+    return {
+        "megapixels": megapixels, "width": width, "height": height, "bytes": len(raw),
+        "wall_ms": {k: 1000 * v[0] for k, v in best.items()},
+        "cpu_ms": {k: 1000 * v[1] for k, v in best.items()},
+        "memory_mb": memory,
+    }
+
+
+def bench_sizes(sizes: tuple[float, ...]) -> list[dict[str, Any]]:
+    results = []
+    for mp in sizes:
+        # a fixed mmap threshold: freed large buffers go back to the OS, so each stage's peak
+        # memory shows up as growth instead of hiding in pages an earlier stage freed
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        out = subprocess.run([sys.executable, __file__, "--sweep-one", str(mp)], capture_output=True, text=True, cwd=ROOT, env=env)
+        if out.returncode != 0:
+            raise RuntimeError(f"size sweep at {mp} MP failed:\n{out.stderr[-3000:]}")
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  {mp} MP done", file=sys.stderr, flush=True)
+    return results
+
+
+def sizes_report(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| input | JPEG MB | " + " | ".join(f"{s} CPU ms" for s in STAGES) + " | non-model CPU ms | per MP | non-model / model CPU | non-model / model wall |",
+        "|---|---|" + "---|" * (len(STAGES) + 4),
+    ]
+    for r in results:
+        cpu, wall = r["cpu_ms"], r["wall_ms"]
+        other = sum(v for k, v in cpu.items() if k != "model")
+        lines.append(
+            f"| {r['megapixels']:g} MP ({r['width']}x{r['height']}) | {r['bytes'] / 1e6:.1f} | "
+            + " | ".join(f"{cpu[s]:.0f}" for s in STAGES)
+            + f" | {other:.0f} | {other / r['megapixels']:.0f} | {other / cpu['model']:.2f} | {other / wall['model']:.2f} |"
+        )
+    lines += [
+        "",
+        "| input | " + " | ".join(f"{s} wall ms" for s in STAGES) + " | " + " | ".join(f"{s} peak +MB" for s in STAGES) + " |",
+        "|---|" + "---|" * (2 * len(STAGES)),
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['megapixels']:g} MP | " + " | ".join(f"{r['wall_ms'][s]:.0f}" for s in STAGES) + " | "
+            + " | ".join(f"{r['memory_mb'].get(s, 0):.0f}" for s in STAGES) + " |"
+        )
+    return "\n".join(lines)
+
+
+# --- over HTTP -------------------------------------------------------------------------------
+
+
+class ClusterWatch:
+    """CPU time of a process tree, and resident memory of each Serve replica in it."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root = psutil.Process(root_pid)
+        self.peak: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            return [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for p in self.processes():
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    def replicas(self) -> dict[str, int]:
+        """``Deployment#pid`` -> RSS bytes, for every Serve replica process."""
+        out = {}
+        for p in self.processes():
+            try:
+                title = " ".join(p.cmdline())
+                if "ServeReplica:" in title:
+                    name = title.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+                    out[f"{name}#{p.pid}"] = p.memory_info().rss
+            except psutil.Error:
+                pass
+        return out
+
+    def start(self) -> None:
+        self.peak = {}
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, rss in self.replicas().items():
+                self.peak[key] = max(self.peak.get(key, 0), rss)
+            time.sleep(0.2)
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        return dict(self.peak)
+
+
+@dataclass
+class LoadResult:
+    latencies: list[float]
+    wall: float
+    errors: int
+    timings: list[dict[str, float]] = field(default_factory=list)
+    retries: int = 0  # 503s with Retry-After that the client waited out and sent again
+
+
+MakeRequest = Callable[[Any, str, str, bytes], Awaitable[Any]]
+
+
+async def closed_loop(url: str, make_request: MakeRequest, data: list[tuple[str, bytes]], concurrency: int, rounds: int) -> LoadResult:
     import httpx
+
+    from pipeline.timing import parse_server_timing
 
     queue: asyncio.Queue = asyncio.Queue()
     for _ in range(rounds):
         for item in data:
             queue.put_nowait(item)
-    latencies: list[float] = []
-    errors = 0
+    result = LoadResult([], 0.0, 0)
 
-    async def worker(client):
-        nonlocal errors
+    async def worker(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             name, raw = queue.get_nowait()
             t = time.perf_counter()
             try:
                 response = await make_request(client, url, name, raw)
+                while response.status_code == 503 and "retry-after" in response.headers:
+                    # what a well-behaved client does; the latency counts the wait
+                    result.retries += 1
+                    await asyncio.sleep(float(response.headers["retry-after"]))
+                    response = await make_request(client, url, name, raw)
                 ok = response.status_code in (200, 422)
-            except Exception:
+                if "server-timing" in response.headers:
+                    result.timings.append(parse_server_timing(response.headers["server-timing"]))
+            except httpx.HTTPError:
                 ok = False
-            latencies.append(time.perf_counter() - t)
-            errors += 0 if ok else 1
+            result.latencies.append(time.perf_counter() - t)
+            result.errors += 0 if ok else 1
 
     async with httpx.AsyncClient(timeout=120) as client:
-        await make_request(client, url, *data[0])  # warm-up
+        for item in data[:2]:
+            await make_request(client, url, *item)  # warm-up
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        return latencies, time.perf_counter() - started, errors
+        result.wall = time.perf_counter() - started
+    return result
+
+
+async def open_loop(url: str, make_request: MakeRequest, data: list[tuple[str, bytes]], rate: float, duration_s: float) -> list[tuple[int, float, bool]]:
+    """Requests at a fixed rate whatever the answers: (status, seconds, has Retry-After) each."""
+    import httpx
+
+    results: list[tuple[int, float, bool]] = []
+
+    async def one(client: httpx.AsyncClient, name: str, raw: bytes) -> None:
+        t = time.perf_counter()
+        try:
+            r = await make_request(client, url, name, raw)
+            results.append((r.status_code, time.perf_counter() - t, "retry-after" in r.headers))
+        except httpx.HTTPError:
+            results.append((0, time.perf_counter() - t, False))
+
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        tasks = []
+        started = time.perf_counter()
+        for i in range(int(rate * duration_s)):
+            delay = started + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(client, *data[i % len(data)])))
+        await asyncio.gather(*tasks)
+    return results
+
+
+def stage_report(name: str, timings: list[dict[str, float]]) -> tuple[str, list[str]]:
+    keys = [k for k in ("fetch", "decode", "segment_queue", "segment", "compose", "encode", "store", "total") if any(k in t for t in timings)]
+    means = {k: statistics.mean(t.get(k, 0.0) for t in timings) for k in keys}
+    overhead = means.get("total", 0.0) - sum(v for k, v in means.items() if k != "total")
+    return f"| {name} | " + " | ".join(f"{means[k]:.1f}" for k in keys) + f" | {overhead:.1f} |", keys
+
+
+def bench_service(data, concurrencies, rounds, overload_s: float) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
+    from tests.integration.conftest import running_service
+
+    rows, stage_rows, memory_rows, overload = [], [], [], {}
+    with running_service(env_extra={"CUTOUT_RATE_LIMIT_RPM": "0"}, as_shipped=True) as svc:
+        async def ours(client, url, name, raw):
+            body = {"sku": name, "file": base64.b64encode(raw).decode()}
+            return await client.post(url + "/product/cutout", json=body, headers={"api_token": svc.token})
+
+        watch = ClusterWatch(svc.head_pid)
+        results = {}
+        keys: list[str] = []
+        for c in concurrencies:
+            cpu = watch.cpu_seconds()
+            watch.start()
+            res = asyncio.run(closed_loop(svc.url, ours, data, c, rounds))
+            peak = watch.stop()
+            cpu_per = (watch.cpu_seconds() - cpu) / len(res.latencies)
+            results[c] = res
+            note = "crop + PNG stored + signed URL" + (f"; {res.retries} retries after 503 + Retry-After" if res.retries else "")
+            rows.append(row(f"this service over HTTP, concurrency {c}", res.latencies, res.wall, res.errors, cpu_per, note))
+            line, keys = stage_report(f"concurrency {c}", res.timings)
+            stage_rows.append(line)
+            by_stage: dict[str, int] = {}
+            for key, rss in peak.items():
+                stage = key.split("#")[0]
+                by_stage[stage] = max(by_stage.get(stage, 0), rss)
+            memory_rows.append(f"| concurrency {c} | " + " | ".join(f"{by_stage.get(s, 0) / 2**20:.0f}" for s in REPLICAS) + " |")
+            print(rows[-1], flush=True)
+        stage_rows.insert(0, "| load | " + " | ".join(f"{k} ms" for k in keys) + " | Serve overhead ms |\n|---|" + "---|" * (len(keys) + 1))
+        if overload_s > 0:
+            overload = run_overload(svc, ours, data, results, watch, overload_s)
+    return rows, stage_rows, memory_rows, overload
+
+
+REPLICAS = ("Ingress", "Fetcher", "Segmenter", "Uploader", "Moderator", "RateLimiter")
+
+
+def run_overload(svc, make_request, data, results, watch: ClusterWatch, duration_s: float) -> dict[str, Any]:
+    import httpx
+
+    unloaded_p99 = pct(results[min(results)].latencies, 0.99)
+    sustainable = max(len(r.latencies) / r.wall for r in results.values())
+    rate = 4 * sustainable
+    time.sleep(5)
+    before = watch.replicas()
+    watch.start()
+    outcomes = asyncio.run(open_loop(svc.url, make_request, data, rate, duration_s))
+    peak = watch.stop()
+    time.sleep(20)  # let queues drain and memory settle
+    after = watch.replicas()
+    healthy = httpx.get(svc.url + "/healthz", timeout=10).status_code == 200
+    ok = [s for status, s, _ in outcomes if status in (200, 422)]
+    refused = [(s, ra) for status, s, ra in outcomes if status == 503]
+    other = [status for status, _, _ in outcomes if status not in (200, 422, 503)]
+    memory = []
+    for key in sorted(before):
+        memory.append(
+            f"| {key.split('#')[0]} | {before[key] / 2**20:.0f} | {peak.get(key, 0) / 2**20:.0f} | "
+            f"{after.get(key, 0) / 2**20:.0f} | {'yes' if key in after else 'NO (gone)'} |"
+        )
+    return {
+        "rate": rate, "sustainable": sustainable, "duration_s": duration_s, "sent": len(outcomes),
+        "admitted": len(ok), "admitted_p50_ms": 1000 * pct(ok, 0.5), "admitted_p99_ms": 1000 * pct(ok, 0.99),
+        "unloaded_p99_ms": 1000 * unloaded_p99, "refused": len(refused),
+        "refused_p50_ms": 1000 * pct([s for s, _ in refused], 0.5), "refused_p99_ms": 1000 * pct([s for s, _ in refused], 0.99),
+        "refused_max_ms": 1000 * max((s for s, _ in refused), default=float("nan")),
+        "refused_with_retry_after": sum(1 for _, ra in refused if ra), "other_errors": other, "healthy_after": healthy,
+        "replicas_same": sorted(before) == sorted(after), "memory": memory,
+    }
+
+
+def overload_report(o: dict[str, Any]) -> str:
+    return "\n".join([
+        f"Open-loop arrivals at {o['rate']:.1f} requests/s (4x the sustainable {o['sustainable']:.2f}/s) for {o['duration_s']:.0f} s: "
+        f"{o['sent']} sent.",
+        "",
+        "| what | value |",
+        "|---|---|",
+        f"| admitted (200/422) | {o['admitted']} |",
+        f"| admitted p50 / p99 | {o['admitted_p50_ms']:.0f} / {o['admitted_p99_ms']:.0f} ms |",
+        f"| unloaded p99 (concurrency 1) | {o['unloaded_p99_ms']:.0f} ms |",
+        f"| admitted p99 / unloaded p99 | {o['admitted_p99_ms'] / o['unloaded_p99_ms']:.2f}x |",
+        f"| refused with 503 | {o['refused']} ({o['refused_with_retry_after']} with Retry-After) |",
+        f"| 503 latency p50 / p99 / max | {o['refused_p50_ms']:.0f} / {o['refused_p99_ms']:.0f} / {o['refused_max_ms']:.0f} ms |",
+        f"| other statuses | {o['other_errors'] or 'none'} |",
+        f"| healthy after, same replicas | {o['healthy_after']}, {o['replicas_same']} |",
+        "",
+        "| replica | RSS before MB | peak MB | 20 s after MB | still running |",
+        "|---|---|---|---|---|",
+        *o["memory"],
+    ])
 
 
 def free_port() -> int:
@@ -129,33 +522,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_service(data, concurrencies, rounds) -> list[str]:
-    from tests.integration.conftest import running_service
-
-    rows = []
-    with running_service(env_extra={"CUTOUT_RATE_LIMIT_RPM": "0"}) as svc:
-        async def ours(client, url, name, raw):
-            body = {"sku": name, "file": base64.b64encode(raw).decode()}
-            return await client.post(url + "/product/cutout", json=body, headers={"api_token": svc.token})
-
-        for c in concurrencies:
-            lat, wall, errors = asyncio.run(load(svc.url, ours, data, c, rounds))
-            rows.append(row(f"this service over HTTP, concurrency {c}", lat, wall, errors, "crop + PNG stored + signed URL"))
-    return rows
-
-
 def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
+    import httpx
+
     from pipeline.models.u2netp_weights import shipped_onnx_path
 
     port = free_port()
-    env = {**os.environ, "U2NET_HOME": str(shipped_onnx_path().parent), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "U2NET_HOME": str(shipped_onnx_path().parent), "OMP_NUM_THREADS": str(THREADS)}
     rembg = str(Path(python).parent / "rembg")
     proc = subprocess.Popen([rembg, "s", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--log_level", "warning"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        import httpx
-
         for _ in range(120):
             try:
                 if httpx.get(url + "/api", timeout=2).status_code == 200:
@@ -167,14 +545,33 @@ def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
         async def theirs(client, url, name, raw):
             return await client.post(url + "/api/remove", files={"file": (name, raw)}, data={"model": "u2netp"})
 
+        watch = ClusterWatch(proc.pid)
         rows = []
         for c in concurrencies:
-            lat, wall, errors = asyncio.run(load(url, theirs, data, c, rounds))
-            rows.append(row(f"rembg server (`rembg s`, u2netp), concurrency {c}", lat, wall, errors, "uncropped PNG in the response"))
+            cpu = watch.cpu_seconds()
+            res = asyncio.run(closed_loop(url, theirs, data, c, rounds))
+            cpu_per = (watch.cpu_seconds() - cpu) / len(res.latencies)
+            rows.append(row(f"rembg server (`rembg s`, u2netp), concurrency {c}", res.latencies, res.wall, res.errors, cpu_per, "uncropped PNG in the response"))
+            print(rows[-1], flush=True)
         return rows
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    simd = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none listed"
+    gpu = "no GPU"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}; {simd}), {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.system()} {platform.machine()}, {gpu}"
 
 
 def main() -> int:
@@ -182,26 +579,59 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--concurrency", default="1,4")
+    parser.add_argument("--batch", type=int, default=4, help="the larger batch of the model-alone rows")
+    parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES_MP), help="megapixels of the size sweep ('' to skip)")
+    parser.add_argument("--overload-s", type=float, default=60, help="seconds of 4x overload (0 to skip)")
     parser.add_argument("--rembg-python", default=None)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--sweep-one", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.sweep_one is not None:
+        print(json.dumps(sweep_one(args.sweep_one)))
+        return 0
     data = images(args.images)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    rows = bench_in_process(data)
+    stages = make_stages()
+    rows = bench_model(stages, data, (1, args.batch))
+    in_process, per_stage = bench_in_process(stages, data)
+    rows += in_process
+    del stages
     print("\n".join(rows), flush=True)
-    rows += bench_service(data, concurrencies, args.rounds)
-    print("\n".join(rows[-len(concurrencies):]), flush=True)
+    sizes = bench_sizes(tuple(float(s) for s in args.sizes.split(",") if s)) if args.sizes else []
+    service_rows, stage_rows, memory_rows, overload = bench_service(data, concurrencies, args.rounds, args.overload_s)
+    rows += service_rows
     if args.rembg_python:
         rows += bench_rembg(args.rembg_python, data, concurrencies, args.rounds)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    report = (
-        f"Machine: {os.cpu_count()} CPUs ({cpu}), {platform.system()} {platform.machine()}, no GPU; "
-        f"{len(data)} GrabCut images x {args.rounds} round(s); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
-        + HEADER + "\n" + "\n".join(rows) + "\n"
-    )
+    parts = [
+        f"Machine: {machine()}; {len(data)} GrabCut images x {args.rounds} round(s); "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; default settings (serve_config.yaml as shipped)",
+        "",
+        HEADER,
+        *rows,
+        "",
+        "In-process pipeline, mean wall ms per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items()),
+        "",
+        "Per-stage time inside the service (means of its `Server-Timing` header, ms; the overhead is",
+        "the total minus the stages: HTTP, Serve routing between replicas, object transfer):",
+        "",
+        *stage_rows,
+        "",
+        "Peak resident memory per replica (MB, the largest replica of each deployment):",
+        "",
+        "| load | " + " | ".join(REPLICAS) + " |",
+        "|---|" + "---|" * len(REPLICAS),
+        *memory_rows,
+    ]
+    if sizes:
+        parts += ["", "Cost per stage against input size (one JPEG q90 per size, in one process, best of 2):", "", sizes_report(sizes)]
+    if overload:
+        parts += ["", overload_report(overload)]
+    report = "\n".join(parts) + "\n"
     print(report)
     if args.out:
-        args.out.write_text(args.out.read_text().split("<!-- bench:start -->")[0] + "<!-- bench:start -->\n" + report if args.out.exists() else report)
+        previous = args.out.read_text() if args.out.exists() else ""
+        head = previous.split("<!-- bench:start -->")[0] if "<!-- bench:start -->" in previous else previous
+        args.out.write_text(head + "<!-- bench:start -->\n" + report)
     return 0
 
 

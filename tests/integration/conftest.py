@@ -143,6 +143,7 @@ def running_service(args: dict | None = None, env_extra: dict | None = None, as_
         # the separate driver of the handle test, like RAY_AUTH_TOKEN in a KubeRay pod.
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",  # as `make serve` sets it on a small machine
         **(env_extra or {}),
     }
     ray_address = f"127.0.0.1:{ray_port}"
