@@ -9,7 +9,7 @@ import numpy as np
 import ray
 from ray import serve
 
-from pipeline.service import ImageLoader, LoadedImage
+from pipeline.service import ImageLoader
 from pipeline.settings import Settings
 
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 
-import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
