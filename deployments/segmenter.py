@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 
 import numpy as np
@@ -31,13 +32,17 @@ class Segmenter:
             weights_sha256=settings.segmenter_weights_sha256,
             dtype=settings.segmenter_dtype,
         )
+        # One long-lived thread runs every forward: torch's OpenMP team belongs to the calling
+        # thread, so a rotating pool would keep several teams of threads alive.
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter")
         self._infer.set_max_batch_size(settings.segmenter_batch_size)
         self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _infer(self, inputs: list[tuple[np.ndarray, float]]) -> list[Segmentation]:
         started = time.perf_counter()
-        probabilities = await asyncio.to_thread(self.model.predict, np.stack([x for x, _ in inputs]))
+        batch = np.stack([x for x, _ in inputs])
+        probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.predict, batch)
         forward_ms = 1000.0 * (time.perf_counter() - started)
         return [
             Segmentation(p, {"segment_queue": 1000.0 * (started - arrived), "segment": forward_ms})
