@@ -19,7 +19,9 @@ class Fetched:
 
     Attributes:
         image: Ray object reference to the :class:`LoadedImage` (full-resolution pixels stay
-            in the object store; the uploader and moderator read them from there).
+            in the object store; the uploader and moderator read them from there). This
+            replica owns the object: should it be stopped while a request still needs the
+            image, the request fails with ``OwnerDiedError``, which the ingress answers 503.
         model_input: (S, S, 3) uint8 for the segmenter, or None when the model is not needed.
     """
 
