@@ -34,7 +34,7 @@ eval: $(STAMP)
 	$(BIN)/cutout eval
 
 ## Throughput and latency side by side (model alone, in-process, the service; rembg's server
-## too when REMBG_PYTHON names a python with rembg[cli]); writes docs/benchmarks.md.
+## too when REMBG_PYTHON names a python with rembg[cpu,cli]); writes docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(if $(REMBG_PYTHON),--rembg-python $(REMBG_PYTHON)) --out docs/benchmarks.md
 
