@@ -1,9 +1,10 @@
 """From the model's low-resolution mask to full-resolution alpha and clean edge colours.
 
-- :func:`guided_upsample`: a fast guided filter (He et al., 2010/2015). The filter's linear
-  coefficients are fitted at a working resolution between the mask and the image, with the
-  image as guide, then upsampled and applied to the full-resolution image, so edges follow
-  the photo's own edges instead of a blurry bilinear mask.
+- :func:`refine_edges`: a fast guided filter (He et al., 2010/2015) in the uncertain band
+  around the mask's edge. The filter's linear coefficients are fitted at a working resolution
+  between the mask and the image, with the image as guide, then sampled at the band's
+  full-resolution pixels, so edges follow the photo's own edges instead of a blurry bilinear
+  mask.
 - :func:`estimate_foreground`: blur-fusion foreground estimation (Forte and Pitié, 2021): the
   colour of semi-transparent pixels is re-estimated so that the old background does not bleed
   into the cutout's edges.
@@ -52,32 +53,6 @@ def _guided_coefficients(
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
     return _box(a, radius), _box(b, radius)
-
-
-def guided_upsample(
-    mask: np.ndarray,
-    rgb: np.ndarray,
-    work_side: int = 1024,
-    radius: int = 6,
-    eps: float = 1e-3,
-) -> np.ndarray:
-    """Upsample a [0, 1] mask to the image's size, guided by the image.
-
-    Args:
-        mask: (h, w) float mask from the model.
-        rgb: (H, W, 3) uint8 full-resolution image.
-        work_side: Long side of the resolution the filter is fitted at.
-        radius: Filter radius at the working resolution, in pixels.
-        eps: Regularisation: larger keeps the mask smoother, smaller follows image edges.
-
-    Returns:
-        (H, W) float32 alpha in [0, 1].
-    """
-    height, width = rgb.shape[:2]
-    guide_full = _gray(rgb)
-    mean_a, mean_b = _guided_coefficients(mask, guide_full, work_side, radius, eps)
-    alpha = _resize(mean_a, width, height) * (guide_full.astype(np.float32) * (1.0 / 255.0)) + _resize(mean_b, width, height)
-    return np.clip(alpha, 0.0, 1.0, out=alpha)
 
 
 def _sample(coefficients: np.ndarray, ys: np.ndarray, xs: np.ndarray, width: int, height: int) -> np.ndarray:
