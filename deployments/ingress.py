@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
 from typing import Any, Iterator
@@ -35,14 +36,32 @@ HEALTH_ROUTE = "/healthz"
 TOKEN_HEADERS = ("api_token", "api-token")
 HEALTH_TIMEOUT_S = 2.0
 OVERLOAD_RETRY_AFTER_S = 1
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def error_response(error: CutoutError, request_id: str) -> JSONResponse:
-    """The JSON error response of SPEC.md, with ``Retry-After`` where the error has one."""
-    headers = {"X-Request-Id": request_id}
+def error_response(error: CutoutError, request_id: str | None) -> JSONResponse:
+    """The JSON error response of SPEC.md, with ``Retry-After`` where the error has one.
+
+    Args:
+        request_id: Sent as ``X-Request-Id``; None where Serve's proxy sends that header itself.
+    """
+    headers = {"X-Request-Id": request_id} if request_id else {}
     if error.retry_after is not None:
         headers["Retry-After"] = str(error.retry_after)
     return JSONResponse(error.to_body(), status_code=error.status, headers=headers)
+
+
+def request_id_of(request: Request) -> tuple[str, bool]:
+    """The request's id, and whether it came from Serve's proxy.
+
+    Serve's HTTP proxy puts an ``X-Request-Id`` on every request (the client's own, or one it
+    makes) and returns it on the response; using that one gives the client, Serve's logs and
+    ours a single id. One that is not a short plain token is not trusted into log lines.
+    """
+    given = request.headers.get("x-request-id")
+    if given and _REQUEST_ID.fullmatch(given):
+        return given, True
+    return secrets.token_hex(8), False
 
 
 @serve.deployment(name="Ingress")
@@ -69,7 +88,8 @@ class Ingress:
 
     async def __call__(self, request: Request) -> Response:
         """Route an HTTP request."""
-        request_id = secrets.token_hex(8)
+        request_id, from_proxy = request_id_of(request)
+        header_id = None if from_proxy else request_id  # Serve's proxy answers with its own header
         started = time.monotonic()
         path = request.url.path
         org = "-"
@@ -86,7 +106,7 @@ class Ingress:
                     parsed = await asyncio.to_thread(parse_body, body) if len(body) > 65536 else parse_body(body)
                     result, timings = await self._run(org, parsed, request_id)
                 timings["total"] = 1000 * (time.monotonic() - started)
-                headers = {"X-Request-Id": request_id, "Server-Timing": server_timing(timings)}
+                headers = {"Server-Timing": server_timing(timings), **({"X-Request-Id": header_id} if header_id else {})}
                 response: Response = JSONResponse(result, headers=headers)
             elif path.startswith(RESULTS_ROUTE) and request.method in ("GET", "HEAD"):
                 response = await self._result(request)
@@ -96,7 +116,7 @@ class Ingress:
                 raise CutoutError(404, "not_found", "No such route.", None)
         except Exception as exc:  # every failure becomes a JSON error; details go to the log only
             error = to_cutout_error(exc, request_id)
-            response = error_response(error, request_id)
+            response = error_response(error, header_id)
         if path != HEALTH_ROUTE:
             logger.info(
                 "request %s org=%s %s %s -> %d in %.0f ms",

@@ -63,6 +63,13 @@ def test_base64_cutout_returns_cropped_rgba_png(service):
     timings = parse_server_timing(resp.headers["server-timing"])
     assert {"fetch", "decode", "segment", "compose", "encode", "store", "total"} <= set(timings)
     assert timings["segment"] > 0 and timings["total"] >= sum(v for k, v in timings.items() if k != "total") * 0.99
+    assert len(resp.raw.headers.getlist("x-request-id")) == 1  # one id, Serve's and ours
+
+
+def test_client_request_id_is_kept_and_answered_once(service):
+    resp = service.post({"file": "bm90IGFuIGltYWdl"}, headers={"X-Request-Id": "order-42.retry-1"})
+    assert resp.status_code == 415
+    assert resp.raw.headers.getlist("x-request-id") == ["order-42.retry-1"]
 
 
 def test_result_url_expires_and_file_is_deleted(service):
