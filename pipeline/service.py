@@ -83,7 +83,10 @@ class ImageLoader:
             if image_url:
                 data, parameter = await self.fetcher.fetch(image_url), "image_url"
             else:
-                data, parameter = imageio.decode_base64(file or "", self.settings.max_src_file_size), "file"
+                text, limit = file or "", self.settings.max_src_file_size
+                # up to 16 MB of base64: decoded off the event loop that serves other downloads
+                decoded = await asyncio.to_thread(imageio.decode_base64, text, limit) if len(text) > 65536 else imageio.decode_base64(text, limit)
+                data, parameter = decoded, "file"
         with timed(timings, "decode"):
             loaded = await asyncio.to_thread(self.decode, data, parameter, force_rmbg)
         loaded.timings.update(timings)
