@@ -31,9 +31,10 @@ class Segmenter:
             weights_uri=settings.segmenter_weights_uri,
             weights_sha256=settings.segmenter_weights_sha256,
             dtype=settings.segmenter_dtype,
+            engine=settings.segmenter_engine,
+            input_size=settings.segmenter_input_size,
         )
-        # One long-lived thread runs every forward: torch's OpenMP team belongs to the calling
-        # thread, so a rotating pool would keep several teams of threads alive.
+        # Waits on the model's own long-lived workers (pipeline.segment), off the event loop.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter")
         self._infer.set_max_batch_size(settings.segmenter_batch_size)
         self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)

@@ -113,7 +113,8 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"cutout: no evaluation folder at {root}", file=sys.stderr)
         return 2
     segmenter = Segmenter(settings.segmenter_model, "cpu", settings.model_cache_dir, args.threads,
-                          settings.segmenter_weights_uri, settings.segmenter_weights_sha256)
+                          settings.segmenter_weights_uri, settings.segmenter_weights_sha256,
+                          engine=settings.segmenter_engine, input_size=settings.segmenter_input_size)
     sets = ("grabcut", "composites") if args.set == "all" else (args.set,)
     samples = itertools.chain.from_iterable(
         itertools.islice(evalsets.samples(root, s), args.limit or None) for s in sets

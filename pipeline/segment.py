@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,80 @@ def fuse_conv_bn(model):
     return model
 
 
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+def resolve_engine(engine: str, model: str, device: str, weights_uri: str | None, input_size: int, dtype: str) -> str:
+    """The inference engine a configuration runs on.
+
+    ``auto`` picks onnxruntime where it applies, the shipped U²-Net-p file in float32 on the CPU
+    (measured faster than PyTorch there, docs/benchmarks.md); PyTorch everywhere else (GPUs,
+    the other models, custom weights, other input sizes or dtypes).
+
+    Raises:
+        ValueError: Naming the setting, when ``onnxruntime`` is asked for where it cannot run.
+    """
+    fits = model == "u2netp" and not weights_uri and device == "cpu" and input_size in (0, 320) and dtype == "float32"
+    if engine == "auto":
+        return "onnxruntime" if fits else "torch"
+    if engine == "onnxruntime" and not fits:
+        raise ValueError(
+            "CUTOUT_SEGMENTER_ENGINE: onnxruntime runs only the shipped u2netp weights, in float32, at 320 pixels, "
+            "on the CPU; use torch for this configuration"
+        )
+    if engine not in ENGINES:
+        raise ValueError(f"CUTOUT_SEGMENTER_ENGINE: unknown engine {engine!r}; one of {', '.join(ENGINES)}")
+    return engine
+
+
+class _OnnxU2NetP:
+    """The shipped ``u2netp.onnx`` in onnxruntime, one session per thread count (sessions are
+    thread-safe: workers with the same count share one)."""
+
+    def __init__(self) -> None:
+        from pipeline.models.u2netp_weights import U2NETP_ONNX_SHA256, shipped_onnx_path
+        from pipeline.models.weights import sha256_of
+
+        path = shipped_onnx_path()
+        if sha256_of(path) != U2NETP_ONNX_SHA256:
+            raise ValueError(f"CUTOUT_SEGMENTER_MODEL: {path} is not the expected u2netp.onnx (sha256 differs)")
+        self._bytes = path.read_bytes()
+        self._sessions: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def session(self, threads: int):
+        import onnxruntime as ort
+
+        with self._lock:
+            if threads not in self._sessions:
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = threads
+                options.inter_op_num_threads = 1
+                options.log_severity_level = 3
+                self._sessions[threads] = ort.InferenceSession(self._bytes, options, providers=["CPUExecutionProvider"])
+            return self._sessions[threads]
+
+    def __call__(self, x: np.ndarray, threads: int) -> np.ndarray:
+        session = self.session(threads)
+        name = session.get_inputs()[0].name
+        # the file's batch dimension is fixed at 1
+        return np.concatenate([session.run(None, {name: x[i : i + 1]})[0][:, 0] for i in range(len(x))])
+
+
+def split_threads(images: int, threads: int) -> list[tuple[slice, int]]:
+    """How a CPU batch is spread over the replica's cores: (images, threads) per worker.
+
+    A lone image gets every thread. Several images run side by side, each worker with its
+    share of the threads: independent single-thread forwards never wait for each other at a
+    parallel region's barrier, which on a small CPU makes two of them 1.15-1.3x faster than one
+    two-thread forward after another (docs/benchmarks.md).
+    """
+    workers = max(1, min(images, threads))
+    bounds = np.linspace(0, images, workers + 1).round().astype(int)
+    shares = [threads // workers + (1 if k < threads % workers else 0) for k in range(workers)]
+    return [(slice(int(a), int(b)), share) for a, b, share in zip(bounds[:-1], bounds[1:], shares)]
+
+
 class Segmenter:
     """Runs a registered salient-object model on batches of model-sized images.
 
@@ -50,10 +126,12 @@ class Segmenter:
         model: Registry name.
         device: ``cpu`` or ``cuda``.
         cache_dir: Where weights are downloaded and converted.
-        threads: Torch intra-op threads on the CPU (0 leaves torch's default).
+        threads: CPU threads for inference (0 leaves torch's default).
         weights_uri: Weights overriding the model's default (path, gs:// or https://).
         weights_sha256: Their SHA-256.
         dtype: ``float32``, ``float16`` (CUDA) or ``bfloat16``.
+        engine: ``auto``, ``torch`` or ``onnxruntime`` (see :func:`resolve_engine`).
+        input_size: The input side configured (0 = the model's own); decides ``auto``.
 
     Raises:
         ValueError: For an unknown model, unusable weights, or ``cuda`` without a GPU; the
@@ -69,6 +147,8 @@ class Segmenter:
         weights_uri: str | None = None,
         weights_sha256: str | None = None,
         dtype: str = "float32",
+        engine: str = "auto",
+        input_size: int = 0,
     ) -> None:
         import torch
 
@@ -77,20 +157,47 @@ class Segmenter:
         self.spec = get_spec(model)
         if device == "cuda" and not torch.cuda.is_available():
             raise ValueError("CUTOUT_SEGMENTER_DEVICE is 'cuda' but no CUDA device is visible to this replica")
-        if threads > 0:
-            torch.set_num_threads(threads)
         self._torch = torch
         self.name = model
         self.device = torch.device(device)
         self.dtype = getattr(torch, _DTYPES[dtype])
-        net = fuse_conv_bn(load_model(self.spec, weights_uri, weights_sha256, Path(cache_dir)))
-        net = net.to(self.device, dtype=self.dtype if self.device.type == "cuda" else torch.float32)
-        self.model = net.to(memory_format=torch.channels_last).eval()
+        self.engine = resolve_engine(engine, model, device, weights_uri, input_size, dtype)
+        self.threads = threads if threads > 0 else torch.get_num_threads()
+        self.model = None
+        self._onnx = None
+        if self.engine == "onnxruntime":
+            self._onnx = _OnnxU2NetP()
+        else:
+            net = fuse_conv_bn(load_model(self.spec, weights_uri, weights_sha256, Path(cache_dir)))
+            net = net.to(self.device, dtype=self.dtype if self.device.type == "cuda" else torch.float32)
+            self.model = net.to(memory_format=torch.channels_last).eval()
         self._autocast = self.dtype != torch.float32
+        # Long-lived CPU workers: an OpenMP team belongs to the thread that starts it, so the
+        # same few threads run every forward.
+        self._workers = (
+            concurrent.futures.ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="forward")
+            if self.device.type == "cpu" else None
+        )
 
-    def _forward(self, x):
-        out = self.model.predict(x) if hasattr(self.model, "predict") else self.model(x)
-        return out[:, 0]
+    def _torch_forward(self, x):
+        torch = self._torch
+        x = x.to(self.device).to(memory_format=torch.channels_last)
+        if self._autocast:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                out = self.model.predict(x) if hasattr(self.model, "predict") else self.model(x)
+        else:
+            out = self.model.predict(x) if hasattr(self.model, "predict") else self.model(x)
+        return out[:, 0].float().clamp_(0, 1).cpu().numpy()
+
+    def _run(self, batch: np.ndarray, threads: int) -> np.ndarray:
+        torch = self._torch
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)  # this worker's OpenMP team (a per-thread setting)
+        with torch.inference_mode():
+            x = preprocess(batch, self.spec)
+            if self._onnx is not None:
+                return np.clip(self._onnx(x.numpy(), threads), 0, 1)
+            return self._torch_forward(x)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Foreground probabilities for a batch.
@@ -101,12 +208,7 @@ class Segmenter:
         Returns:
             (N, S, S) float32 probabilities in [0, 1].
         """
-        torch = self._torch
-        with torch.inference_mode():
-            x = preprocess(batch, self.spec).to(self.device).to(memory_format=torch.channels_last)
-            if self._autocast:
-                with torch.autocast(self.device.type, dtype=self.dtype):
-                    y = self._forward(x)
-            else:
-                y = self._forward(x)
-            return y.float().clamp_(0, 1).cpu().numpy()
+        if self._workers is None:
+            return self._run(batch, 0)
+        parts = [self._workers.submit(self._run, batch[rows], share) for rows, share in split_threads(len(batch), self.threads)]
+        return np.concatenate([p.result() for p in parts]).astype(np.float32, copy=False)

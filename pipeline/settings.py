@@ -121,6 +121,9 @@ class Settings(BaseModel):
     segmenter_weights_sha256: str | None = Field(None, **_doc("SHA-256 of those weights; required with `CUTOUT_SEGMENTER_WEIGHTS_URI`, checked before loading.", "hex"))
     segmenter_input_size: int = Field(0, ge=0, le=4096, **_doc("Square side the model sees; 0 = the model's own (320 for u2netp, 1024 for the others).", "pixels"))
     segmenter_dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", **_doc("Inference precision; float16 only on `cuda`.", "dtype"))
+    segmenter_engine: Literal["auto", "torch", "onnxruntime"] = Field("auto", **_doc(
+        "Inference engine: `torch`, or `onnxruntime` for the shipped `u2netp` in float32 on the CPU (the shipped ONNX file; "
+        "measured faster there, docs/benchmarks.md); `auto` = onnxruntime where it applies, torch elsewhere.", "name"))
     segmenter_device: Literal["cpu", "cuda"] = Field(
         "cpu",
         **_doc("Where the segmenter runs. `cuda` also makes the segmenter replica ask Ray for one GPU.", "device"),
@@ -231,6 +234,10 @@ class Settings(BaseModel):
             raise ValueError("segmenter_weights_uri needs segmenter_weights_sha256")
         if self.segmenter_dtype == "float16" and self.segmenter_device != "cuda":
             raise ValueError("segmenter_dtype float16 needs segmenter_device cuda")
+        from pipeline.segment import resolve_engine
+
+        resolve_engine(self.segmenter_engine, self.segmenter_model, self.segmenter_device, self.segmenter_weights_uri,
+                       self.segmenter_input_size, self.segmenter_dtype)
         if self.max_request_body == 0:
             object.__setattr__(self, "max_request_body", 4 * ((self.max_src_file_size + 2) // 3) + 64 * 1024)
         return self

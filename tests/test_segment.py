@@ -1,0 +1,72 @@
+"""The segmenter core: which engine runs, how a CPU batch is spread over the cores, and that
+both engines give the same probabilities for the same images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.segment import Segmenter, resolve_engine, split_threads
+from pipeline.settings import load_settings
+from tests.images import eval_image, have_eval
+
+
+def test_auto_engine_is_onnxruntime_only_for_the_shipped_u2netp_in_float32_on_cpu():
+    assert resolve_engine("auto", "u2netp", "cpu", None, 0, "float32") == "onnxruntime"
+    assert resolve_engine("auto", "u2netp", "cuda", None, 0, "float32") == "torch"
+    assert resolve_engine("auto", "u2netp", "cpu", "/w.safetensors", 0, "float32") == "torch"
+    assert resolve_engine("auto", "u2netp", "cpu", None, 512, "float32") == "torch"
+    assert resolve_engine("auto", "u2netp", "cpu", None, 0, "bfloat16") == "torch"
+    assert resolve_engine("auto", "birefnet-lite", "cpu", None, 0, "float32") == "torch"
+    assert resolve_engine("torch", "u2netp", "cpu", None, 0, "float32") == "torch"
+
+
+def test_onnxruntime_where_it_cannot_run_is_refused_at_startup_naming_the_setting(tmp_path):
+    with pytest.raises(ValueError, match="CUTOUT_SEGMENTER_ENGINE"):
+        resolve_engine("onnxruntime", "isnet-general-use", "cpu", None, 0, "float32")
+    with pytest.raises(Exception, match="CUTOUT_SEGMENTER_ENGINE"):
+        load_settings({"data_dir": str(tmp_path)}, environ={"CUTOUT_SEGMENTER_ENGINE": "onnxruntime", "CUTOUT_SEGMENTER_INPUT_SIZE": "512"})
+
+
+@pytest.mark.parametrize(
+    ("images", "threads", "expected"),
+    [
+        (1, 2, [(0, 1, 2)]),            # a lone image gets every thread
+        (2, 2, [(0, 1, 1), (1, 2, 1)]),  # two side by side, one thread each
+        (4, 2, [(0, 2, 1), (2, 4, 1)]),
+        (3, 4, [(0, 1, 2), (1, 2, 1), (2, 3, 1)]),
+        (5, 1, [(0, 5, 1)]),
+    ],
+)
+def test_a_cpu_batch_is_spread_over_the_threads(images, threads, expected):
+    parts = split_threads(images, threads)
+    assert [(p.start, p.stop, t) for p, t in parts] == expected
+    assert sum(t for _, t in parts) <= max(threads, 1)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("weights")
+    return {e: Segmenter("u2netp", "cpu", cache, threads=2, engine=e) for e in ("torch", "onnxruntime")}
+
+
+def _photos() -> np.ndarray:
+    names = ["banana1.png", "person1.jpg", "teddy.jpg"]
+    return np.stack([np.asarray(Image.open(eval_image(n)).convert("RGB").resize((320, 320), Image.LANCZOS)) for n in names])
+
+
+@pytest.mark.skipif(not have_eval(), reason="../shared/eval (real photos) is absent")
+def test_both_engines_give_the_same_probabilities_whole_batch_or_split(engines):
+    batch = _photos()
+    torch_out = engines["torch"].predict(batch)
+    onnx_out = engines["onnxruntime"].predict(batch)
+    assert engines["onnxruntime"].engine == "onnxruntime" and engines["torch"].engine == "torch"
+    assert torch_out.shape == onnx_out.shape == (3, 320, 320) and onnx_out.dtype == np.float32
+    assert float(np.abs(torch_out - onnx_out).max()) <= 3e-4
+    # spreading the batch over workers changes nothing: each image as if run alone
+    for engine in engines.values():
+        alone = np.concatenate([engine.predict(batch[i : i + 1]) for i in range(3)])
+        assert float(np.abs(alone - engine.predict(batch)).max()) <= 1e-5
+    assert 0.0 <= onnx_out.min() and onnx_out.max() <= 1.0
+    assert onnx_out[1].mean() > 0.05  # a person is found, not an empty map
