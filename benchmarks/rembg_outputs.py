@@ -7,7 +7,9 @@ finds the model and downloads nothing:
     U2NET_HOME=$(dirname $(.venv/bin/python -c 'from pipeline.models.u2netp_weights import shipped_onnx_path as p; print(p())')) \\
       /tmp/rembg-venv/bin/python benchmarks/rembg_outputs.py OUT_DIR [--alpha-matting]
 
-Outputs are uncropped RGBA PNGs named like the sample ids (`/` replaced by `__`).
+Outputs are uncropped RGBA PNGs named like the sample ids (`/` replaced by `__`). With
+`--images FILE...` it cuts out those files instead, each saved as `<stem>.png`
+(benchmarks/pictures.py uses this).
 """
 
 from __future__ import annotations
@@ -28,9 +30,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--alpha-matting", action="store_true")
+    parser.add_argument("--images", type=Path, nargs="*", default=None)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     session = new_session("u2netp")
+    if args.images:
+        for path in args.images:
+            cut = remove(Image.open(path).convert("RGB"), session=session, alpha_matting=args.alpha_matting)
+            cut.convert("RGBA").save(args.out / (path.stem + ".png"))
+        return 0
     for sample in samples(default_eval_dir()):
         cut = remove(Image.fromarray(sample.rgb), session=session, alpha_matting=args.alpha_matting)
         cut.convert("RGBA").save(args.out / (sample.id.replace("/", "__") + ".png"))

@@ -163,14 +163,22 @@ def on_checkerboard(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float32) * a + board * (1 - a) + 0.5).astype(np.uint8)
 
 
-def side_by_side(sample: Sample, panels: list[tuple[np.ndarray, np.ndarray]], height: int = 320) -> Image.Image:
-    """Input, then each (rgb, alpha) result on a checkerboard, scaled to one height."""
+def side_by_side(sample: Sample, panels: list[tuple[np.ndarray, np.ndarray]], height: int = 320,
+                 labels: list[str] | None = None) -> Image.Image:
+    """Input, then each (rgb, alpha) result on a checkerboard, scaled to one height; with
+    ``labels`` (one per tile, the input's first) a caption strip above each tile."""
+    from PIL import ImageDraw
+
     tiles = [sample.rgb] + [on_checkerboard(rgb, alpha) for rgb, alpha in panels]
     scaled = [Image.fromarray(t).resize((max(1, round(t.shape[1] * height / t.shape[0])), height), Image.LANCZOS) for t in tiles]
-    canvas = Image.new("RGB", (sum(t.width for t in scaled) + 8 * (len(scaled) - 1), height), (255, 255, 255))
+    top = 22 if labels else 0
+    canvas = Image.new("RGB", (sum(t.width for t in scaled) + 8 * (len(scaled) - 1), height + top), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
     x = 0
-    for tile in scaled:
-        canvas.paste(tile, (x, 0))
+    for k, tile in enumerate(scaled):
+        canvas.paste(tile, (x, top))
+        if labels and k < len(labels):
+            draw.text((x + 4, 4), labels[k], fill=(0, 0, 0))
         x += tile.width + 8
     return canvas
 
