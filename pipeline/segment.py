@@ -95,6 +95,10 @@ class _OnnxU2NetP:
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
                 options.log_severity_level = 3
+                # no busy-waiting between parallel sections: the replica shares its cores with the
+                # other stages, and measured in the service this saved 60-70 CPU-ms per image
+                # (docs/benchmarks.md)
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 self._sessions[threads] = ort.InferenceSession(self._bytes, options, providers=["CPUExecutionProvider"])
             return self._sessions[threads]
 
