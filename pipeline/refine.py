@@ -55,21 +55,13 @@ def _guided_coefficients(
     return _box(a, radius), _box(b, radius)
 
 
-def _sample(coefficients: np.ndarray, ys: np.ndarray, xs: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear values of a working-resolution map at full-resolution pixels, as a resize to
-    ``width`` x ``height`` would give them (half-pixel centres, edges clamped)."""
-    wh, ww = coefficients.shape
-
-    def axis(pixels: np.ndarray, size: int, full: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pos = np.clip((pixels.astype(np.float32) + 0.5) * (size / full) - 0.5, 0, size - 1)
-        lo = pos.astype(np.intp)
-        return lo, np.minimum(lo + 1, size - 1), pos - lo
-
-    x0, x1, fx = axis(xs, ww, width)
-    y0, y1, fy = axis(ys, wh, height)
-    top = coefficients[y0, x0] * (1 - fx) + coefficients[y0, x1] * fx
-    bottom = coefficients[y1, x0] * (1 - fx) + coefficients[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+def _resized_window(coefficients: np.ndarray, width: int, height: int, rows: slice, cols: slice) -> np.ndarray:
+    """The window ``rows`` x ``cols`` of ``coefficients`` resized to ``width`` x ``height``
+    (bilinear, as ``cv2.resize`` gives it), computed for the window's rows only: bilinear
+    resizing is separable, so the columns are resized to the full height (a narrow map, cheap),
+    then only the window's rows are resized across."""
+    tall = cv2.resize(coefficients, (coefficients.shape[1], height), interpolation=cv2.INTER_LINEAR)[rows]
+    return cv2.resize(tall, (width, tall.shape[0]), interpolation=cv2.INTER_LINEAR)[:, cols]
 
 
 def refine_edges(
@@ -85,8 +77,8 @@ def refine_edges(
 
     The solid inside and outside of the mask are kept as they are; only pixels near the edge
     (mask between ``band`` values, grown by ``grow`` pixels) take the guided filter's value.
-    The filter is fitted at ``work_side`` and evaluated at the band's pixels only, so the
-    full-resolution cost is a resize, a dilation and work proportional to the edge's length.
+    The filter is fitted at ``work_side`` and evaluated only in the band's bounding box, so the
+    full-resolution cost is a resize and a few vector passes over that box.
 
     Args:
         mask: (h, w) float mask from the model.
@@ -103,15 +95,21 @@ def refine_edges(
     height, width = rgb.shape[:2]
     full = resize_mask(mask, width, height)
     uncertain = ((full > band[0]) & (full < band[1])).view(np.uint8)
-    if not uncertain.any():
+    x, y, w, h = cv2.boundingRect(uncertain)
+    if w == 0 or h == 0:
         return full
-    uncertain = cv2.dilate(uncertain, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-    ys, xs = np.nonzero(uncertain)
+    # the band's bounding box, grown by the dilation: all later work is on this window only
+    rows = slice(max(0, y - grow), min(height, y + h + grow))
+    cols = slice(max(0, x - grow), min(width, x + w + grow))
+    window = cv2.dilate(uncertain[rows, cols], np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)).view(bool)
     guide_full = _gray(rgb)
     mean_a, mean_b = _guided_coefficients(mask, guide_full, work_side, radius, eps)
-    guide = guide_full[ys, xs].astype(np.float32) * (1.0 / 255.0)
-    values = _sample(mean_a, ys, xs, width, height) * guide + _sample(mean_b, ys, xs, width, height)
-    full[ys, xs] = np.clip(values, 0.0, 1.0)
+    guide = guide_full[rows, cols].astype(np.float32) * np.float32(1.0 / 255.0)
+    values = _resized_window(mean_a, width, height, rows, cols)
+    values *= guide
+    values += _resized_window(mean_b, width, height, rows, cols)
+    np.clip(values, 0.0, 1.0, out=values)
+    np.copyto(full[rows, cols], values, where=window)
     return full
 
 

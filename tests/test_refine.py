@@ -47,7 +47,7 @@ def test_only_the_uncertain_band_changes():
 
 
 def test_band_sampling_equals_filtering_the_whole_image():
-    # evaluating the guided filter at the band's pixels only gives what a full-size pass gives
+    # evaluating the guided filter in the band's bounding box only gives what a full-size pass gives
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (700, 1100, 3), dtype=np.uint8)
     mask = cv2.GaussianBlur(rng.random((320, 320)).astype(np.float32), (0, 0), 8)
