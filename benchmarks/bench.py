@@ -122,20 +122,30 @@ def run_once(stages: Stages, raw: bytes) -> dict[str, tuple[float, float]]:
 
 
 def bench_model(stages: Stages, data: list[tuple[str, bytes]], batch_sizes: tuple[int, ...]) -> list[str]:
+    """The segmenter's forward alone: the configured engine, and PyTorch beside it when the
+    configured one is another (the same weights; which engine is faster decides the default)."""
     import numpy as np
 
+    from pipeline.segment import Segmenter
+
     inputs = np.stack([stages.loader.decode(raw, "file", False).model_input for _, raw in data])
-    stages.segmenter.predict(inputs[:1])  # warm-up
+    segmenters = [stages.segmenter]
+    if stages.segmenter.engine != "torch":
+        segmenters.append(Segmenter(stages.settings.segmenter_model, "cpu", stages.settings.model_cache_dir, THREADS, engine="torch"))
     rows = []
     for size in batch_sizes:
-        times: list[float] = []
-        wall, cpu = time.perf_counter(), time.process_time()
-        for i in range(0, len(inputs) - size + 1, size):
-            t = time.perf_counter()
-            stages.segmenter.predict(inputs[i : i + size])
-            times.extend([(time.perf_counter() - t) / size] * size)
-        cpu_per = (time.process_time() - cpu) / len(times)
-        rows.append(row(f"model alone, batch {size} ({THREADS} threads)", times, time.perf_counter() - wall, cpu=cpu_per))
+        for segmenter in segmenters:
+            segmenter.predict(inputs[:size])  # warm-up
+            times: list[float] = []
+            wall, cpu = time.perf_counter(), time.process_time()
+            for i in range(0, len(inputs) - size + 1, size):
+                t = time.perf_counter()
+                segmenter.predict(inputs[i : i + size])
+                times.extend([(time.perf_counter() - t) / size] * size)
+            cpu_per = (time.process_time() - cpu) / len(times)
+            note = "the service's engine" if segmenter is stages.segmenter else ""
+            rows.append(row(f"model alone ({segmenter.engine}), batch {size} ({THREADS} threads)", times,
+                            time.perf_counter() - wall, cpu=cpu_per, extra=note))
     return rows
 
 

@@ -140,11 +140,11 @@ class Settings(BaseModel):
         lt=0.5,
         **_doc("Mask values below this become fully transparent and values above 1 minus this fully opaque, so the crop is tight and the product solid.", "fraction"),
     )
-    segmenter_batch_size: int = Field(4, ge=1, le=256, **_doc("Most images the segmenter runs in one forward pass (`@serve.batch`).", "images"))
+    segmenter_batch_size: int = Field(4, ge=1, le=256, **_doc("Most images the segmenter takes at once (`@serve.batch`): one forward pass on a GPU; on the CPU they run side by side, one per thread (docs/benchmarks.md).", "images"))
     segmenter_batch_wait_s: float = Field(0.005, ge=0, le=1, **_doc("How long the segmenter waits to fill a batch.", "seconds"))
     refine_edges: Literal["auto", "guided", "bilinear"] = Field("auto", **_doc("How the model's low-resolution mask becomes full-resolution alpha: `guided` (a fast guided filter in the uncertain edge band, so edges follow the photo), `bilinear` (plain resize), or `auto`: guided when the image's long side is at least three times the model's input, bilinear otherwise (what docs/quality.md measured best).", "mode"))
     refine_foreground: bool = Field(False, **_doc("Re-estimate the colour of semi-transparent edge pixels (blur-fusion foreground estimation). Off by default: with U²-Net-p masks it measured worse (docs/quality.md).", "on/off"))
-    torch_threads: int = Field(0, ge=0, le=256, **_doc("CPU threads per segmenter replica; 0 = one per CPU that Ray gives the replica (at least 1).", "threads"))
+    torch_threads: int = Field(0, ge=0, le=256, **_doc("CPU threads per segmenter replica (either engine): a lone image runs on all of them, waiting images side by side with a share each; 0 = one per CPU that Ray gives the replica (at least 1).", "threads"))
     ingress_max_inflight: int = Field(3, ge=1, le=100000, **_doc("Most cutout requests one ingress replica has in the pipeline at once; past it the answer is 503 with `Retry-After` at once, before the body is read, so that the latency of admitted requests stays bounded under overload. Size it to what the segmenters finish within the latency you accept: segmenter images/s x seconds, divided by the ingress replicas (3 suits one 2-core machine, docs/benchmarks.md; see cluster/serve_config.gpu.yaml).", "requests"))
     request_timeout_s: float = Field(60.0, gt=0, le=600, **_doc("Longest a cutout request may take end to end; past it the answer is 503 and the work is cancelled.", "seconds"))
     png_compress_level: int = Field(2, ge=0, le=9, **_doc("zlib-ng level of the result PNG (rows Up-filtered). 2 measured about 4x faster than Pillow's level 3 for files 5% larger; 3 gives files 8% smaller than 2 for 20% more time (docs/benchmarks.md).", "0..9"))
