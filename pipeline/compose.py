@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Callable
 
@@ -69,8 +71,33 @@ def upsample_mask(mask: np.ndarray, width: int, height: int, cutoff: float) -> n
     return quantise(refine.resize_mask(mask, width, height), cutoff)
 
 
+def product_window(mask: np.ndarray, width: int, height: int, threshold: float, margin: int) -> tuple[slice, slice]:
+    """The window of the full-resolution image outside which the alpha is certainly 0.
+
+    A bilinearly enlarged pixel is a weighted mean of the 2x2 mask pixels around it, so it can
+    exceed ``threshold`` only next to a mask pixel that does: the window is the bounding box
+    of those, grown by ``margin`` mask pixels, in image pixels. The whole image when the mask
+    is not enlarged.
+    """
+    h, w = mask.shape
+    if width < w or height < h:
+        return slice(0, height), slice(0, width)
+    above = mask > threshold
+    rows, cols = np.flatnonzero(above.any(axis=1)), np.flatnonzero(above.any(axis=0))
+    if rows.size == 0:
+        return slice(0, 0), slice(0, 0)
+    sy, sx = height / h, width / w
+    return (
+        slice(max(0, math.floor((rows[0] - margin) * sy)), min(height, math.ceil((rows[-1] + 1 + margin) * sy))),
+        slice(max(0, math.floor((cols[0] - margin) * sx)), min(width, math.ceil((cols[-1] + 1 + margin) * sx))),
+    )
+
+
 def full_alpha(mask: np.ndarray, image: DecodedImage, mode: str, cutoff: float, model_size: int) -> np.ndarray:
     """The model's [0, 1] mask as full-resolution uint8 alpha.
+
+    Only the window around the product is computed (crop before full-resolution work); the
+    alpha outside it is 0, exactly as a full-frame pass would give it.
 
     Args:
         mask: (h, w) normalised mask.
@@ -82,9 +109,20 @@ def full_alpha(mask: np.ndarray, image: DecodedImage, mode: str, cutoff: float, 
     """
     if mode == "auto":
         mode = "guided" if max(image.width, image.height) >= AUTO_GUIDED_FACTOR * model_size else "bilinear"
+    width, height = image.width, image.height
     if mode == "guided":
-        return quantise(refine.refine_edges(mask, segmentation_source(image)), cutoff)
-    return upsample_mask(mask, image.width, image.height, cutoff)
+        # band pixels (above EDGE_BAND[0]) may be raised by the filter; the band grows by EDGE_GROW
+        scale = min(width / mask.shape[1], height / mask.shape[0])
+        margin = 2 + math.ceil(refine.EDGE_GROW / max(scale, 1e-6))
+        rows, cols = product_window(mask, width, height, min(refine.EDGE_BAND[0], cutoff), margin)
+        window = refine.refine_edges(mask, segmentation_source(image), rows=rows, cols=cols)
+    else:
+        rows, cols = product_window(mask, width, height, cutoff, 2)
+        window = refine.resize_mask_window(mask, width, height, rows, cols)
+    alpha = np.zeros((height, width), np.uint8)
+    if window.size:
+        alpha[rows, cols] = quantise(window, cutoff)
+    return alpha
 
 
 def output_alpha(image: DecodedImage, model_alpha: np.ndarray | None, force_rmbg: bool, preserve_alpha: bool) -> np.ndarray:

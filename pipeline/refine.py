@@ -33,6 +33,15 @@ def resize_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
+def resize_mask_window(mask: np.ndarray, width: int, height: int, rows: slice, cols: slice) -> np.ndarray:
+    """``resize_mask(mask, width, height)[rows, cols]``, computed for the window only when the
+    mask is enlarged (the usual case); contiguous float32."""
+    mask = np.ascontiguousarray(mask, dtype=np.float32)
+    if width < mask.shape[1] or height < mask.shape[0]:
+        return np.ascontiguousarray(resize_mask(mask, width, height)[rows, cols])
+    return np.ascontiguousarray(_resized_window(mask, width, height, rows, cols))
+
+
 def _gray(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
 
@@ -64,21 +73,27 @@ def _resized_window(coefficients: np.ndarray, width: int, height: int, rows: sli
     return cv2.resize(tall, (width, tall.shape[0]), interpolation=cv2.INTER_LINEAR)[:, cols]
 
 
+EDGE_BAND = (0.02, 0.98)  # mask values between these are "uncertain"
+EDGE_GROW = 3  # pixels the uncertain band is grown by
+
+
 def refine_edges(
     mask: np.ndarray,
     rgb: np.ndarray,
     radius: int = 3,
     eps: float = 1e-3,
-    band: tuple[float, float] = (0.02, 0.98),
-    grow: int = 3,
+    band: tuple[float, float] = EDGE_BAND,
+    grow: int = EDGE_GROW,
     work_side: int = 1024,
+    rows: slice = slice(None),
+    cols: slice = slice(None),
 ) -> np.ndarray:
     """Full-resolution alpha: bilinear everywhere, guided-filtered in the uncertain edge band.
 
     The solid inside and outside of the mask are kept as they are; only pixels near the edge
     (mask between ``band`` values, grown by ``grow`` pixels) take the guided filter's value.
-    The filter is fitted at ``work_side`` and evaluated only in the band's bounding box, so the
-    full-resolution cost is a resize and a few vector passes over that box.
+    The filter is fitted at ``work_side`` on the whole image and evaluated only in the band's
+    bounding box, so the full-resolution cost is a few vector passes over that box.
 
     Args:
         mask: (h, w) float mask from the model.
@@ -88,28 +103,33 @@ def refine_edges(
         band: Mask values between these are "uncertain".
         grow: Pixels the uncertain band is grown by.
         work_side: Long side of the resolution the filter is fitted at.
+        rows, cols: The window of the full-resolution alpha wanted (default: all of it); it
+            must hold every band pixel grown by ``grow`` (compose.product_window ensures it).
 
     Returns:
-        (H, W) float32 alpha in [0, 1].
+        (window height, window width) float32 alpha in [0, 1].
     """
     height, width = rgb.shape[:2]
-    full = resize_mask(mask, width, height)
+    rows, cols = slice(*rows.indices(height)), slice(*cols.indices(width))
+    full = resize_mask_window(mask, width, height, rows, cols)
     uncertain = ((full > band[0]) & (full < band[1])).view(np.uint8)
     x, y, w, h = cv2.boundingRect(uncertain)
     if w == 0 or h == 0:
         return full
-    # the band's bounding box, grown by the dilation: all later work is on this window only
-    rows = slice(max(0, y - grow), min(height, y + h + grow))
-    cols = slice(max(0, x - grow), min(width, x + w + grow))
-    window = cv2.dilate(uncertain[rows, cols], np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)).view(bool)
+    # the band's bounding box, grown by the dilation: all later work is on this box only
+    r = slice(max(0, y - grow), min(full.shape[0], y + h + grow))
+    c = slice(max(0, x - grow), min(full.shape[1], x + w + grow))
+    box = cv2.dilate(uncertain[r, c], np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)).view(bool)
     guide_full = _gray(rgb)
     mean_a, mean_b = _guided_coefficients(mask, guide_full, work_side, radius, eps)
-    guide = guide_full[rows, cols].astype(np.float32) * np.float32(1.0 / 255.0)
-    values = _resized_window(mean_a, width, height, rows, cols)
+    r_abs = slice(rows.start + r.start, rows.start + r.stop)
+    c_abs = slice(cols.start + c.start, cols.start + c.stop)
+    guide = guide_full[r_abs, c_abs].astype(np.float32) * np.float32(1.0 / 255.0)
+    values = _resized_window(mean_a, width, height, r_abs, c_abs)
     values *= guide
-    values += _resized_window(mean_b, width, height, rows, cols)
+    values += _resized_window(mean_b, width, height, r_abs, c_abs)
     np.clip(values, 0.0, 1.0, out=values)
-    np.copyto(full[rows, cols], values, where=window)
+    np.copyto(full[r, c], values, where=box)
     return full
 
 

@@ -84,3 +84,30 @@ def test_upsample_cutoff_makes_background_transparent_and_inside_solid():
     full = upsample_mask(mask, 40, 40, cutoff=0.04)
     assert full.shape == (40, 40) and full.dtype == np.uint8
     assert full[0, 0] == 0 and full[20, 20] == 255
+
+
+@pytest.mark.parametrize("mode", ["guided", "bilinear"])
+@pytest.mark.parametrize("cutoff", [0.04, 0.0])
+def test_alpha_computed_around_the_product_only_equals_a_full_frame_pass(mode, cutoff):
+    # crop before full-resolution work: the window around the product must lose nothing
+    import cv2
+
+    from pipeline import compose, refine
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:320, 0:320]
+    mask = ((((yy - 150) / 70.0) ** 2 + ((xx - 190) / 50.0) ** 2) <= 1).astype(np.float32)
+    mask = np.clip(cv2.GaussianBlur(mask, (0, 0), 3) + rng.normal(0, 0.004, mask.shape).astype(np.float32), 0, 1)
+    rgb = rng.integers(0, 256, (1500, 2100, 3), dtype=np.uint8)
+    image = DecodedImage(rgb=rgb, alpha=None, format="jpeg")
+    windowed = compose.full_alpha(mask, image, mode, cutoff, 320)
+    full = refine.refine_edges(mask, rgb) if mode == "guided" else refine.resize_mask(mask, 2100, 1500)
+    reference = compose.quantise(full, cutoff)
+    assert windowed.shape == reference.shape
+    assert reference.any() and (reference == 0).any()
+    # equal but for float rounding of the window's own resize: one level, at a few pixels
+    assert int(np.abs(windowed.astype(int) - reference).max()) <= 1
+    assert (windowed != reference).mean() < 1e-3
+    if cutoff > 0:
+        rows, cols = compose.product_window(mask, 2100, 1500, min(refine.EDGE_BAND[0], cutoff), 2)
+        assert (rows.stop - rows.start) * (cols.stop - cols.start) < 0.5 * 1500 * 2100  # the window is the product's, not the frame
