@@ -139,7 +139,7 @@ class Segmenter:
         model: Registry name.
         device: ``cpu`` or ``cuda``.
         cache_dir: Where weights are downloaded and converted.
-        threads: CPU threads for inference (0 leaves torch's default).
+        threads: CPU threads for inference (0 = every CPU of the machine).
         weights_uri: Weights overriding the model's default (path, gs:// or https://).
         weights_sha256: Their SHA-256.
         dtype: ``float32``, ``float16`` (CUDA) or ``bfloat16``.
