@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,11 +65,6 @@ def quantise(alpha: np.ndarray, cutoff: float) -> np.ndarray:
     return cv2.addWeighted(alpha, scale, alpha, 0.0, -cutoff * scale, dtype=cv2.CV_8U)
 
 
-def upsample_mask(mask: np.ndarray, width: int, height: int, cutoff: float) -> np.ndarray:
-    """Resize a low-resolution [0, 1] mask bilinearly to the image and quantise it."""
-    return quantise(refine.resize_mask(mask, width, height), cutoff)
-
-
 def product_window(mask: np.ndarray, width: int, height: int, threshold: float, margin: int) -> tuple[slice, slice]:
     """The window of the full-resolution image outside which the alpha is certainly 0.
 
@@ -93,6 +87,20 @@ def product_window(mask: np.ndarray, width: int, height: int, threshold: float, 
     )
 
 
+def _alpha_from_window(window: np.ndarray, rows: slice, cols: slice, width: int, height: int, cutoff: float) -> np.ndarray:
+    alpha = np.zeros((height, width), np.uint8)
+    if window.size:
+        alpha[rows, cols] = quantise(window, cutoff)
+    return alpha
+
+
+def upsample_mask(mask: np.ndarray, width: int, height: int, cutoff: float) -> np.ndarray:
+    """Resize a low-resolution [0, 1] mask bilinearly to the image and quantise it; only the
+    window around the product is computed (outside it a full-frame pass gives 0)."""
+    rows, cols = product_window(mask, width, height, cutoff, 2)
+    return _alpha_from_window(refine.resize_mask_window(mask, width, height, rows, cols), rows, cols, width, height, cutoff)
+
+
 def full_alpha(mask: np.ndarray, image: DecodedImage, mode: str, cutoff: float, model_size: int) -> np.ndarray:
     """The model's [0, 1] mask as full-resolution uint8 alpha.
 
@@ -110,19 +118,14 @@ def full_alpha(mask: np.ndarray, image: DecodedImage, mode: str, cutoff: float, 
     if mode == "auto":
         mode = "guided" if max(image.width, image.height) >= AUTO_GUIDED_FACTOR * model_size else "bilinear"
     width, height = image.width, image.height
-    if mode == "guided":
-        # band pixels (above EDGE_BAND[0]) may be raised by the filter; the band grows by EDGE_GROW
-        scale = min(width / mask.shape[1], height / mask.shape[0])
-        margin = 2 + math.ceil(refine.EDGE_GROW / max(scale, 1e-6))
-        rows, cols = product_window(mask, width, height, min(refine.EDGE_BAND[0], cutoff), margin)
-        window = refine.refine_edges(mask, segmentation_source(image), rows=rows, cols=cols)
-    else:
-        rows, cols = product_window(mask, width, height, cutoff, 2)
-        window = refine.resize_mask_window(mask, width, height, rows, cols)
-    alpha = np.zeros((height, width), np.uint8)
-    if window.size:
-        alpha[rows, cols] = quantise(window, cutoff)
-    return alpha
+    if mode != "guided":
+        return upsample_mask(mask, width, height, cutoff)
+    # band pixels (above EDGE_BAND[0]) may be raised by the filter; the band grows by EDGE_GROW
+    scale = min(width / mask.shape[1], height / mask.shape[0])
+    margin = 2 + math.ceil(refine.EDGE_GROW / max(scale, 1e-6))
+    rows, cols = product_window(mask, width, height, min(refine.EDGE_BAND[0], cutoff), margin)
+    window = refine.refine_edges(mask, segmentation_source(image), rows=rows, cols=cols)
+    return _alpha_from_window(window, rows, cols, width, height, cutoff)
 
 
 def output_alpha(image: DecodedImage, model_alpha: np.ndarray | None, force_rmbg: bool, preserve_alpha: bool) -> np.ndarray:
