@@ -38,6 +38,7 @@ class Segmenter:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter")
         self._infer.set_max_batch_size(settings.segmenter_batch_size)
         self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)
+        self.model.warm_up(settings.segmenter_batch_size)
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _infer(self, inputs: list[tuple[np.ndarray, float]]) -> list[Segmentation]:

@@ -78,9 +78,30 @@ def resolve_engine(engine: str, model: str, device: str, weights_uri: str | None
     return engine
 
 
+_SHARED_ARENA_LOCK = threading.Lock()
+_shared_arena = False
+
+
+def _register_shared_arena(ort) -> None:
+    """One CPU memory arena for every onnxruntime session of the process (registered once)."""
+    global _shared_arena
+    with _SHARED_ARENA_LOCK:
+        if not _shared_arena:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))
+            _shared_arena = True
+
+
 class _OnnxU2NetP:
     """The shipped ``u2netp.onnx`` in onnxruntime, one session per thread count (sessions are
-    thread-safe: workers with the same count share one)."""
+    thread-safe: workers with the same count share one).
+
+    Memory: the sessions share one arena. Without an arena every forward maps and unmaps its
+    ~270 MB of activations afresh, and the page faults cost 1.4x in wall time on a virtual
+    machine (docs/benchmarks.md); one arena per session instead held 1.3 GB for the two layouts
+    against 0.86 GB shared. :meth:`warm_up` grows it to its steady size at start, so a replica's
+    memory after a load is the memory it had before.
+    """
 
     def __init__(self) -> None:
         from pipeline.models.weights import U2NETP_ONNX_SHA256, sha256_of, shipped_onnx_path
@@ -97,6 +118,7 @@ class _OnnxU2NetP:
 
         with self._lock:
             if threads not in self._sessions:
+                _register_shared_arena(ort)
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = threads
                 options.inter_op_num_threads = 1
@@ -105,9 +127,7 @@ class _OnnxU2NetP:
                 # other stages, and measured in the service this saved 60-70 CPU-ms per image
                 # (docs/benchmarks.md)
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                # no memory arena: it kept every run's peak per session (1.8 GB RSS against 0.8
-                # with two sessions in use), for no measured speed-up
-                options.enable_cpu_mem_arena = False
+                options.add_session_config_entry("session.use_env_allocators", "1")
                 session = ort.InferenceSession(self._bytes, options, providers=["CPUExecutionProvider"])
                 self._sessions[threads] = (session, session.get_inputs()[0].name)
             return self._sessions[threads]
@@ -166,6 +186,7 @@ class Segmenter:
         self.spec = get_spec(model)
         self.name = model
         self.engine = resolve_engine(engine, model, device, weights_uri, input_size, dtype)
+        self.input_size = input_size or self.spec.input_size
         self.threads = threads if threads > 0 else (os.cpu_count() or 1)
         self._torch = None
         self.model = None
@@ -213,6 +234,16 @@ class Segmenter:
             torch.set_num_threads(threads)  # this worker's OpenMP team (a per-thread setting)
         with torch.inference_mode():
             return self._torch_forward(preprocess(batch, self.spec))
+
+    def warm_up(self, batch_size: int) -> None:
+        """Run every layout :meth:`predict` uses for batches up to ``batch_size`` once (a lone
+        image on every thread, then the side-by-side workers), so that sessions, thread teams
+        and memory reach their steady state before the first request."""
+        side = self.input_size
+        widest = max(1, batch_size if self.device_type != "cpu" else min(batch_size, self.threads))
+        # twice: onnxruntime plans a session's memory on its first run and uses the plan after
+        for n in sorted({1, widest}) * 2:
+            self.predict(np.zeros((n, side, side, 3), np.uint8))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Foreground probabilities for a batch.

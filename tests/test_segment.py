@@ -70,3 +70,23 @@ def test_both_engines_give_the_same_probabilities_whole_batch_or_split(engines):
         assert float(np.abs(alone - engine.predict(batch)).max()) <= 1e-5
     assert 0.0 <= onnx_out.min() and onnx_out.max() <= 1.0
     assert onnx_out[1].mean() > 0.05  # a person is found, not an empty map
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+@pytest.mark.skipif(not have_eval(), reason="../shared/eval (real photos) is absent")
+def test_after_warm_up_the_cpu_engine_holds_its_memory_steady_under_every_layout(engines):
+    # The onnxruntime sessions share one arena; warm_up grows it to its steady size, so a
+    # replica's memory after a load is what it was before (issue 6, acceptance 4).
+    engine = engines["onnxruntime"]
+    engine.warm_up(batch_size=2)
+    before = _rss_mb()
+    batch = _photos()
+    for _ in range(3):
+        engine.predict(batch[:1])
+        engine.predict(batch[:2])
+        engine.predict(batch)
+    assert _rss_mb() - before < 40, "memory grew after warm-up"
