@@ -4,6 +4,7 @@ both engines give the same probabilities for the same images."""
 from __future__ import annotations
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
@@ -73,8 +74,7 @@ def test_both_engines_give_the_same_probabilities_whole_batch_or_split(engines):
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+    return psutil.Process().memory_info().rss / 2**20
 
 
 @pytest.mark.skipif(not have_eval(), reason="../shared/eval (real photos) is absent")
