@@ -2,8 +2,11 @@
 
 The check is made on the address actually connected to, after DNS resolution. IPv4 hidden
 inside IPv6 (mapped, compatible, 6to4, Teredo, NAT64) is unwrapped and checked as IPv4.
-Odd spellings of IPv4 (``2130706433``, ``0177.1``, ``0x7f.1``) need no special case: they are
-resolved to an address first, and the address is what is checked.
+This module only judges addresses. Host names are refused before they get here when they
+spell IPv4 in a non-canonical form (``2130706433``, ``0x7f000001``, ``0177.0.0.1``, ``0x7f.1``,
+``127.1``): ``pipeline.fetch.parse_source_url`` accepts a numeric host only as dotted-quad
+decimal, because resolvers disagree on how to read the other spellings. Whatever a host
+resolves to is still checked here.
 """
 
 from __future__ import annotations
