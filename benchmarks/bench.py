@@ -26,7 +26,6 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -433,7 +432,7 @@ def stage_report(name: str, timings: list[dict[str, float]]) -> tuple[str, list[
 
 
 def bench_service(data, concurrencies, rounds, overload_s: float) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
-    from tests.integration.conftest import running_service
+    from tests.harness import running_service
 
     rows, stage_rows, memory_rows, overload = [], [], [], {}
     with running_service(env_extra={"CUTOUT_RATE_LIMIT_RPM": "0"}, as_shipped=True) as svc:
@@ -526,16 +525,11 @@ def overload_report(o: dict[str, Any]) -> str:
     ])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
     import httpx
 
     from pipeline.models.u2netp_weights import shipped_onnx_path
+    from tests.harness import free_port
 
     port = free_port()
     env = {**os.environ, "U2NET_HOME": str(shipped_onnx_path().parent), "OMP_NUM_THREADS": str(THREADS)}

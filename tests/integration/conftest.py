@@ -1,39 +1,16 @@
 """Starts the real Serve application once per test session and speaks HTTP to it on loopback.
 
-The cluster is a real local Ray head (``ray start``) and the application is deployed from a
-copy of ``serve_config.yaml`` by ``serve run`` — the same path ``make serve`` takes — with test
-args: a temporary data folder, a free port, loopback opened for ``image_url``, a short URL
-lifetime (given through the environment, to exercise the ``CUTOUT_*`` overrides), and a
-moderation policy that also blocks faces so that moderation can be seen on benign photos.
+The application and its test configuration are :func:`tests.harness.running_service`; this
+file only wraps it, and a loopback image server, in session fixtures.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import pytest
-import requests
-import yaml
 
-from pipeline import tokens
-from tests.conftest import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
-TTL_S = 12
-START_TIMEOUT_S = 420
-FACE_POLICY = ["FACE_FEMALE", "FACE_MALE", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED"]
+from tests.harness import Service, running_service
 
 
 @pytest.fixture(scope="session")
@@ -69,147 +46,8 @@ def image_server():
     httpd.shutdown()
 
 
-@dataclass
-class Service:
-    """The running application, as tests see it."""
-
-    url: str
-    data_dir: Path
-    ray_address: str
-    token: str
-    other_token: str
-    log_dir: Path
-    env: dict
-    limited_token: str = ""
-    head_pid: int = 0
-
-    def post(self, body: dict | bytes | Iterator[bytes], token: str | None = "default", **kw) -> requests.Response:
-        headers = kw.pop("headers", {})
-        if token is not None:
-            headers["api_token"] = self.token if token == "default" else token
-        if isinstance(body, dict):
-            return requests.post(self.url + "/product/cutout", json=body, headers=headers, timeout=120, **kw)
-        return requests.post(self.url + "/product/cutout", data=body, headers=headers, timeout=120, **kw)
-
-
-def _ray_bin(name: str) -> str:
-    path = BIN / name
-    return str(path) if path.exists() else shutil.which(name) or name
-
-
-@contextlib.contextmanager
-def running_service(args: dict | None = None, env_extra: dict | None = None, as_shipped: bool = False) -> Iterator[Service]:
-    """Start a Ray head and the application from a copy of serve_config.yaml; stop both after.
-
-    Args:
-        args: Application ``args`` to change.
-        env_extra: Extra environment for the cluster (``CUTOUT_*`` overrides among them).
-        as_shipped: Keep the deployments' replica settings as serve_config.yaml has them
-            (benchmarks); by default tests pin one replica per stage and two ingress replicas.
-    """
-    data_dir = Path(tempfile.mkdtemp(prefix="cutout-it-"))
-    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    port, ray_port = free_port(), free_port()
-    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    config["http_options"]["port"] = port
-    app = config["applications"][0]
-    app["args"].update(
-        data_dir=str(data_dir),
-        public_base_url=f"http://127.0.0.1:{port}",
-        allowed_source_networks=["127.0.0.0/8"],
-        moderation_block=FACE_POLICY,
-        # tests send up to 8 requests at once to see limits hold across replicas; refusal at
-        # capacity has tests of its own (test_ingress.py, test_overload.py, make bench)
-        **({} if as_shipped else {"ingress_max_inflight": 16}),
-        **(args or {}),
-    )
-    for deployment in [] if as_shipped else app["deployments"]:  # one replica each keeps the 2-core CI machine calm
-        if "autoscaling_config" in deployment:
-            deployment["autoscaling_config"]["max_replicas"] = 1
-        if deployment["name"] == "Ingress":  # ...but two ingress replicas: limits must hold across them
-            deployment["autoscaling_config"].update(min_replicas=2, max_replicas=2)
-    config_path = data_dir / "serve_config.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    token_path = data_dir / "tokens.json"
-    token = tokens.create_token(token_path, "acme")
-    other = tokens.create_token(token_path, "other")
-    limited = tokens.create_token(token_path, "limited", rpm=30)  # burst of 5 (10 s of 30/min)
-
-    # The service's settings come from this test's config alone: CUTOUT_* variables of the
-    # calling shell (e.g. CUTOUT_DATA_DIR exported by `make serve`) must not leak in.
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("CUTOUT_")},
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "CUTOUT_RESULT_URL_TTL_S": str(TTL_S),
-        "PYTHONPATH": str(ROOT),
-        # The cluster's own token (Ray 2.60 token auth), shared by the head, `serve run` and
-        # the separate driver of the handle test, like RAY_AUTH_TOKEN in a KubeRay pod.
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",  # as `make serve` sets it on a small machine
-        **(env_extra or {}),
-    }
-    ray_address = f"127.0.0.1:{ray_port}"
-    log = open(data_dir / "serve-run.log", "wb")
-    # --block keeps the head in this process group, so the fixture stops this cluster only.
-    head = subprocess.Popen(
-        [_ray_bin("ray"), "start", "--head", "--block", f"--port={ray_port}", "--num-cpus=2",
-         "--include-dashboard=false", f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    proc = None
-    try:
-        _wait_for_port(ray_port, head)
-        proc = subprocess.Popen(
-            [_ray_bin("serve"), "run", str(config_path), "--address", ray_address],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        ready = False
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                    ready = True
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        if not ready:
-            log.flush()
-            tail = (data_dir / "serve-run.log").read_text(errors="replace")[-4000:]
-            pytest.fail(f"the Serve application did not become healthy in {START_TIMEOUT_S}s:\n{tail}")
-        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env, limited, head.pid)
-    finally:
-        if proc is not None:
-            _stop(proc, signal.SIGINT)
-        _stop(head, signal.SIGTERM)
-        log.close()
-
-
 @pytest.fixture(scope="session")
 def service() -> Iterator[Service]:
     """The embedded default (local storage), shared by the whole session."""
     with running_service() as svc:
         yield svc
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    pytest.fail(f"the Ray head did not start on port {port}")
-
-
-def _stop(proc: subprocess.Popen, sig: int) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, sig)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)

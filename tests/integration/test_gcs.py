@@ -16,7 +16,7 @@ from PIL import Image
 import io
 
 from tests.images import b64, encode, rgba_with_alpha
-from tests.integration.conftest import running_service
+from tests.harness import running_service
 from tests.test_storage_backends import key_file, rsa_key, verify_v4  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
