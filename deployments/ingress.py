@@ -12,7 +12,7 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, Iterator
+from typing import Any, AsyncIterator
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -20,13 +20,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from deployments.errors import to_cutout_error
+from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
 from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
 from pipeline.request import CutoutRequest, parse_body, parse_fields
 from pipeline.service import CutoutOptions
 from pipeline.settings import Settings
 from pipeline.storage import RESULTS_ROUTE
 from pipeline.timing import Timings, server_timing
-from pipeline.ratelimit import retry_after_header
+from pipeline.ratelimit import DenialCache, retry_after_header
 from pipeline.tokens import TokenRecord, TokenStore, validate_org
 
 logger = logging.getLogger("ray.serve")
@@ -35,7 +36,10 @@ CUTOUT_ROUTE = "/product/cutout"
 HEALTH_ROUTE = "/healthz"
 TOKEN_HEADERS = ("api_token", "api-token")
 HEALTH_TIMEOUT_S = 2.0
-OVERLOAD_RETRY_AFTER_S = 1
+# Refusals a second answered at once, per unit of the measured service rate (at least
+# MIN_FAST_REFUSALS_PER_S): a client honouring Retry-After stays well within it.
+FAST_REFUSALS_PER_IMAGE = 8
+MIN_FAST_REFUSALS_PER_S = 10.0
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -84,7 +88,9 @@ class Ingress:
         self.moderator = moderator
         self.uploader = uploader
         self.limiter = limiter
-        self._inflight = 0  # cutout requests of this replica now in the pipeline
+        self.admission = FairAdmission(settings.ingress_max_inflight, settings.admission_max_wait_s)
+        self.pacer = RefusalPacer(MIN_FAST_REFUSALS_PER_S, settings.overload_refusal_delay_s)
+        self.denials = DenialCache()
 
     async def __call__(self, request: Request) -> Response:
         """Route an HTTP request."""
@@ -99,8 +105,9 @@ class Ingress:
                     raise CutoutError(405, "method_not_allowed", "Use POST.", None)
                 record = self._authenticate(request)
                 org = record.org
-                with self._admit():  # overload: 503 at once, before the body is read
-                    await self._rate_limit(record)
+                # the rate limit first: an organization over it never takes a pipeline slot
+                await self._rate_limit(org, self._rpm(record))
+                async with self._admit(org):  # queued, or 503 before the body is read
                     body = await self._read_body(request)
                     # a 16 MB JSON body takes tens of ms to parse: not on the event loop
                     parsed = await asyncio.to_thread(parse_body, body) if len(body) > 65536 else parse_body(body)
@@ -116,6 +123,7 @@ class Ingress:
                 raise CutoutError(404, "not_found", "No such route.", None)
         except Exception as exc:  # every failure becomes a JSON error; details go to the log only
             error = to_cutout_error(exc, request_id)
+            await self._pace(error)
             response = error_response(error, header_id)
         if path != HEALTH_ROUTE:
             logger.info(
@@ -157,27 +165,43 @@ class Ingress:
             "content_moderation": content_moderation,
         }
         try:
-            with self._admit():
+            await self._rate_limit(org, self._org_rpm(org))
+            async with self._admit(org):
                 body, _ = await self._run(org, parse_fields(fields), request_id)
             return body
         except Exception as exc:
-            raise to_cutout_error(exc, request_id) from None
+            error = to_cutout_error(exc, request_id)
+            await self._pace(error)
+            raise error from None
 
-    @contextlib.contextmanager
-    def _admit(self) -> Iterator[None]:
-        """Count a request into the pipeline, or refuse it with 503 when this replica is full.
+    @contextlib.asynccontextmanager
+    async def _admit(self, org: str) -> AsyncIterator[None]:
+        """Hold one of this replica's pipeline slots, waiting in the organization's fair queue.
 
-        Past ``CUTOUT_INGRESS_MAX_INFLIGHT`` requests the stages behind could only queue them,
-        and every queued request makes all later ones slower: refusing at once keeps the
-        latency of admitted requests bounded and tells clients to come back.
+        Refused with 503 ``overloaded`` only when the expected wait is over
+        ``CUTOUT_ADMISSION_MAX_WAIT_S``; ``Retry-After`` says when the queue should have room.
         """
-        if self._inflight >= self.settings.ingress_max_inflight:
-            raise unavailable("The service is at capacity; try again shortly.", retry_after=OVERLOAD_RETRY_AFTER_S, internal="ingress at capacity", reason="overloaded")
-        self._inflight += 1
+        try:
+            granted = await self.admission.acquire(org)
+        except Overloaded as exc:
+            raise unavailable(
+                "The service is at capacity; try again shortly.", retry_after=exc.retry_after_s,
+                internal=f"ingress at capacity ({exc})", reason="overloaded",
+            ) from None
         try:
             yield
         finally:
-            self._inflight -= 1
+            self.admission.release(granted)
+
+    async def _pace(self, error: CutoutError) -> None:
+        """Hold a refusal (429/503) a little when refusals come faster than the budget: a client
+        that ignores ``Retry-After`` then costs a bounded number of requests a second."""
+        if error.status not in (429, 503) or error.retry_after is None:
+            return
+        budget = max(MIN_FAST_REFUSALS_PER_S, FAST_REFUSALS_PER_IMAGE * self.admission.rate())
+        delay = self.pacer.delay(budget)
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     def _authenticate(self, request: Request) -> TokenRecord:
         token = next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), None)
@@ -186,11 +210,24 @@ class Ingress:
             raise unauthorized()
         return record
 
-    async def _rate_limit(self, record: TokenRecord) -> None:
-        rpm = self.settings.rate_limit_rpm if record.rpm is None else record.rpm
+    def _rpm(self, record: TokenRecord) -> int:
+        return self.settings.rate_limit_rpm if record.rpm is None else record.rpm
+
+    def _org_rpm(self, org: str) -> int:
+        """The limit of an in-cluster caller: the organization's token override, if it has one."""
+        override = self.tokens.org_rpm(org)
+        return self.settings.rate_limit_rpm if override is None else override
+
+    async def _rate_limit(self, org: str, rpm: int) -> None:
+        """429 with ``Retry-After`` when ``org`` is over ``rpm``; a refused organization is
+        answered here, without a hop to the shared limiter, until its wait is over."""
         if rpm <= 0:
             return
-        wait = await self.limiter.acquire.remote(record.org, rpm)
+        wait = self.denials.wait(org)
+        if wait <= 0:
+            wait = await self.limiter.acquire.remote(org, rpm)
+            if wait > 0:
+                self.denials.deny(org, wait)
         if wait > 0:
             raise CutoutError(
                 429, "rate_limited", f"Rate limit of {rpm} requests per minute exceeded.", None,

@@ -56,3 +56,38 @@ class TokenBuckets:
 def retry_after_header(wait_s: float) -> int:
     """Whole seconds for ``Retry-After`` (at least 1)."""
     return max(1, math.ceil(wait_s))
+
+
+class DenialCache:
+    """What an ingress replica remembers of the shared limiter's refusals.
+
+    After the limiter answers "wait ``w`` seconds" for an organization, the replica answers that
+    organization's next requests itself until then, without asking the limiter again: an
+    organization over its limit costs one hop per refusal period, not one per request.
+
+    Args:
+        max_keys: Organizations remembered; the oldest are forgotten beyond it.
+    """
+
+    def __init__(self, max_keys: int = 10_000) -> None:
+        self.max_keys = max_keys
+        self._until: dict[str, float] = {}
+
+    def wait(self, key: str, now: float | None = None) -> float:
+        """Seconds ``key`` must still wait (0 when the limiter should be asked)."""
+        until = self._until.get(key)
+        if until is None:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        if now >= until:
+            del self._until[key]
+            return 0.0
+        return until - now
+
+    def deny(self, key: str, wait_s: float, now: float | None = None) -> None:
+        """Remember that ``key`` was refused for ``wait_s`` seconds."""
+        now = time.monotonic() if now is None else now
+        self._until.pop(key, None)
+        self._until[key] = now + wait_s
+        if len(self._until) > self.max_keys:
+            self._until.pop(next(iter(self._until)))

@@ -102,6 +102,13 @@ class TokenStore:
         return None
 
 
+    def org_rpm(self, org: str) -> int | None:
+        """The rate limit override of ``org``'s tokens (the lowest where they differ), or None."""
+        self._refresh()
+        overrides = [r.rpm for r in self._by_hash.values() if r.org == org and r.rpm is not None]
+        return min(overrides) if overrides else None
+
+
 def read_records(path: Path) -> list[TokenRecord]:
     """Read every record of a tokens file (an absent file has none)."""
     try:

@@ -22,7 +22,7 @@ class _Method:
     def __init__(self, result):
         self.result = result
 
-    def remote(self):
+    def remote(self, *args):
         async def go():
             if isinstance(self.result, BaseException):
                 raise self.result
@@ -67,29 +67,56 @@ def test_stage_failures_map_to_typed_errors():
     assert bug.status == 500 and "secret" not in json.dumps(bug.to_body())
 
 
-def test_at_capacity_the_answer_is_503_before_the_body_is_read(tmp_path):
+def _cutout_call(ingress, token, body_read):
     from starlette.requests import Request
-
-    from pipeline import tokens
-
-    settings = load_settings({"data_dir": str(tmp_path), "ingress_max_inflight": 1}, environ={})
-    token = tokens.create_token(settings.tokens_file, "acme")
-    handles = [FakeHandle(True) for _ in range(5)]
-    ingress = Ingress.func_or_class(settings, *handles)
-    body_read = []
 
     async def receive():
         body_read.append(True)
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
     scope = {"type": "http", "method": "POST", "path": "/product/cutout", "query_string": b"", "headers": [(b"api_token", token.encode())]}
+    return ingress(Request(scope, receive))
+
+
+def test_when_the_expected_wait_is_too_long_the_answer_is_503_before_the_body_is_read(tmp_path):
+    from pipeline import tokens
+
+    settings = load_settings(
+        {"data_dir": str(tmp_path), "ingress_max_inflight": 1, "admission_max_wait_s": 0.5, "rate_limit_rpm": 0}, environ={},
+    )
+    token = tokens.create_token(settings.tokens_file, "acme")
+    ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(5)])
+    body_read: list[bool] = []
 
     async def go():
-        with ingress._admit():  # one request already in the pipeline
-            return await ingress(Request(scope, receive))
+        async with ingress._admit("acme"):  # one request in the pipeline, expected to take 1 s
+            return await _cutout_call(ingress, token, body_read)
 
     response = asyncio.run(go())
-    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
     assert json.loads(response.body)["error"]["reason"] == "overloaded"
     assert not body_read
-    assert ingress._inflight == 0  # the refused request left the count as it was
+    assert ingress.admission.inflight == 0 and ingress.admission.queued == 0  # nothing left behind
+
+
+def test_an_organization_over_its_limit_gets_429_even_when_the_pipeline_is_full(tmp_path):
+    from pipeline import tokens
+
+    settings = load_settings({"data_dir": str(tmp_path), "ingress_max_inflight": 1, "admission_max_wait_s": 0.5}, environ={})
+    token = tokens.create_token(settings.tokens_file, "acme")
+    limiter = FakeHandle(True)
+    limiter.acquire = _Method(7.5)  # the shared limiter: wait 7.5 s
+    ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(4)], limiter)
+    body_read: list[bool] = []
+
+    async def go():
+        async with ingress._admit("other"):  # the pipeline is full
+            first = await _cutout_call(ingress, token, body_read)
+            limiter.acquire = _Method(RuntimeError("no second hop while the denial holds"))
+            second = await _cutout_call(ingress, token, body_read)
+            return first, second
+
+    for response in asyncio.run(go()):
+        assert response.status_code == 429 and response.headers["retry-after"] in ("7", "8")
+        assert json.loads(response.body)["error"]["reason"] == "rate_limited"
+    assert not body_read

@@ -1,0 +1,162 @@
+"""Admission by expected wait, the fair queue, refusal pacing and the limiter's denial cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
+from pipeline.ratelimit import DenialCache
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _queue(admission: FairAdmission, org: str, granted: list[str]) -> asyncio.Task:
+    async def go() -> None:
+        await admission.acquire(org)
+        granted.append(org)
+
+    task = asyncio.create_task(go())
+    await asyncio.sleep(0)
+    return task
+
+
+def test_requests_past_the_slots_queue_instead_of_being_refused():
+    async def scenario():
+        admission = FairAdmission(slots=2, max_wait_s=5.0, initial_pipeline_s=1.0)  # finishes 2/s
+        first = [await admission.acquire("acme") for _ in range(2)]
+        granted: list[str] = []
+        waiting = [await _queue(admission, "acme", granted) for _ in range(6)]  # 3 s of queue
+        assert admission.inflight == 2 and admission.queued == 6 and granted == []
+        admission.release(first[0])
+        await asyncio.sleep(0)
+        assert granted == ["acme"] and admission.inflight == 2 and admission.queued == 5
+        for task in waiting:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_expected_to_wait_too_long_is_refused_with_when_to_come_back():
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=2.0, initial_pipeline_s=1.0)  # finishes 1/s
+        await admission.acquire("acme")
+        granted: list[str] = []
+        tasks = [await _queue(admission, "acme", granted) for _ in range(2)]  # waits 1 s and 2 s
+        with pytest.raises(Overloaded) as refused:
+            await admission.acquire("acme")  # would wait 3 s
+        assert refused.value.expected_wait_s == pytest.approx(3.0)
+        assert refused.value.retry_after_s == 1  # the queue has room for it in about 1 s
+        assert admission.queued == 2  # the refused request left nothing behind
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_slots_pass_round_robin_between_organizations():
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=60.0)
+        held = await admission.acquire("flood")
+        granted: list[str] = []
+        tasks = [await _queue(admission, "flood", granted) for _ in range(5)]
+        tasks.append(await _queue(admission, "polite", granted))
+        for _ in range(3):
+            admission.release(held)
+            await asyncio.sleep(0)
+            held = admission.clock()
+        # the polite organization's one request went in second, not after all five of the flood
+        assert granted == ["flood", "polite", "flood"]
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_polite_organization_is_not_refused_while_another_floods():
+    async def scenario():
+        admission = FairAdmission(slots=2, max_wait_s=3.0, initial_pipeline_s=1.0)  # 2/s
+        for _ in range(2):
+            await admission.acquire("flood")
+        granted: list[str] = []
+        tasks = []
+        for _ in range(6):  # the flood's queue fills to its limit...
+            tasks.append(await _queue(admission, "flood", granted))
+        with pytest.raises(Overloaded):
+            await admission.acquire("flood")  # ...and the flood is refused
+        assert admission.expected_wait("polite") == pytest.approx(1.0)  # behind one flood request
+        tasks.append(await _queue(admission, "polite", granted))
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_rate_follows_the_measured_pipeline_time():
+    clock = Clock()
+
+    async def scenario():
+        admission = FairAdmission(slots=2, max_wait_s=5.0, initial_pipeline_s=1.0, clock=clock)
+        for _ in range(30):
+            granted = await admission.acquire("acme")
+            clock.now += 4.0
+            admission.release(granted)
+        assert admission.pipeline_s == pytest.approx(4.0, rel=0.01)
+        assert admission.rate() == pytest.approx(0.5, rel=0.01)
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_waiter_leaves_the_queue_and_a_granted_one_passes_its_slot_on():
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=60.0)
+        held = await admission.acquire("a")
+        granted: list[str] = []
+        gone = await _queue(admission, "a", granted)
+        gone.cancel()
+        await asyncio.sleep(0)
+        assert admission.queued == 0
+        admission.release(held)
+        assert admission.inflight == 0
+        # granted and cancelled in the same turn: the slot goes to the next in line
+        held = await admission.acquire("a")
+        first = await _queue(admission, "b", granted)
+        second = await _queue(admission, "c", granted)
+        admission.release(held)
+        first.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert granted == ["c"] and admission.inflight == 1
+        second.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_refusals_within_the_budget_are_answered_at_once_and_the_rest_held():
+    clock = Clock()
+    pacer = RefusalPacer(per_s=10, delay_s=0.5, clock=clock)
+    assert [pacer.delay() for _ in range(10)] == [0.0] * 10
+    held = [pacer.delay() for _ in range(20)]
+    assert all(0.25 <= d <= 0.5 for d in held)
+    clock.now += 1.0  # a second later the budget is back
+    assert pacer.delay() == 0.0
+    assert RefusalPacer(per_s=1, delay_s=0).delay() == 0.0 and RefusalPacer(per_s=1, delay_s=0).delay() == 0.0
+
+
+def test_the_denial_cache_answers_until_the_limiters_wait_is_over():
+    cache = DenialCache(max_keys=2)
+    assert cache.wait("acme", now=0.0) == 0.0
+    cache.deny("acme", 3.0, now=0.0)
+    assert cache.wait("acme", now=1.0) == pytest.approx(2.0)
+    assert cache.wait("other", now=1.0) == 0.0
+    assert cache.wait("acme", now=3.0) == 0.0  # over: the limiter is asked again
+    for org in ("a", "b", "c"):
+        cache.deny(org, 10.0, now=0.0)
+    assert cache.wait("a", now=1.0) == 0.0  # the oldest is forgotten beyond max_keys
