@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import evaluate  # noqa: E402
 from pipeline.evalsets import Sample  # noqa: E402
-from pipeline.segment import Segmenter  # noqa: E402
+from pipeline.segment import segmenter_from_settings  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 
 
@@ -43,9 +43,8 @@ def main() -> int:
     parser.add_argument("--other", action="append", default=[], help="NAME=DIR of another tool's <stem>.png cutouts")
     args = parser.parse_args()
     settings = load_settings({"data_dir": tempfile.mkdtemp(prefix="pictures-")}, environ={})
-    segmenter = Segmenter(settings.segmenter_model, "cpu", settings.model_cache_dir, 2, engine=settings.segmenter_engine)
-    config = evaluate.Config("default", refine_edges=settings.refine_edges, refine_foreground=settings.refine_foreground,
-                             cutoff=settings.segmenter_alpha_cutoff)
+    segmenter = segmenter_from_settings(settings, cpus=2)
+    config = evaluate.Config.from_settings("default", settings)
     args.out.mkdir(parents=True, exist_ok=True)
     for path in args.images:
         rgb = np.asarray(Image.open(path).convert("RGB"))

@@ -20,20 +20,10 @@ class Segmenter:
     def __init__(self, settings: Settings) -> None:
         import ray
 
-        from pipeline.segment import Segmenter as Model
+        from pipeline.segment import segmenter_from_settings
 
-        threads = settings.torch_threads or max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-        self.model = Model(
-            settings.segmenter_model,
-            settings.segmenter_device,
-            settings.model_cache_dir,
-            threads,
-            weights_uri=settings.segmenter_weights_uri,
-            weights_sha256=settings.segmenter_weights_sha256,
-            dtype=settings.segmenter_dtype,
-            engine=settings.segmenter_engine,
-            input_size=settings.segmenter_input_size,
-        )
+        cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        self.model = segmenter_from_settings(settings, cpus)
         # Waits on the model's own long-lived workers (pipeline.segment), off the event loop.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter")
         self._infer.set_max_batch_size(settings.segmenter_batch_size)

@@ -63,12 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--set", choices=("grabcut", "composites", "all"), default="all")
     ev.add_argument("--predictions", action="append", default=[], metavar="NAME=DIR", help="score another tool's RGBA outputs")
     ev.add_argument("--limit", type=int, default=0, help="at most this many images per set (0: all)")
-    ev.add_argument("--threads", type=int, default=2)
     ev.add_argument("--pictures", type=Path, default=None, help="write side-by-side pictures (input | ours | predictions) here")
     ev.add_argument("--picture-ids", default="grabcut/llama,grabcut/flower,grabcut/teddy,composite/lemur_cutout+beach,composite/shoe_tilt_2+0002")
     args = parser.parse_args(argv)
-    if args.command == "eval":
-        return _eval(args)
 
     try:
         if args.command == "settings":
@@ -82,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"cutout: {exc}", file=sys.stderr)
         return 2
+    if args.command == "eval":
+        return _eval(args, settings)
     path = Path(settings.tokens_file or "")
     try:
         if args.action == "create":
@@ -101,35 +100,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _eval(args: argparse.Namespace, settings: Settings) -> int:
     import itertools
 
     from pipeline import evalsets, evaluate
-    from pipeline.segment import Segmenter
+    from pipeline.segment import segmenter_from_settings
 
-    settings = _settings(args.config)
     root = args.eval_dir or evalsets.default_eval_dir()
     if not root.is_dir():
         print(f"cutout: no evaluation folder at {root}", file=sys.stderr)
         return 2
-    segmenter = Segmenter(settings.segmenter_model, "cpu", settings.model_cache_dir, args.threads,
-                          settings.segmenter_weights_uri, settings.segmenter_weights_sha256,
-                          engine=settings.segmenter_engine, input_size=settings.segmenter_input_size)
+    try:
+        segmenter = segmenter_from_settings(settings)
+    except ValueError as exc:
+        print(f"cutout: {exc}", file=sys.stderr)
+        return 2
     sets = ("grabcut", "composites") if args.set == "all" else (args.set,)
     samples = itertools.chain.from_iterable(
         itertools.islice(evalsets.samples(root, s), args.limit or None) for s in sets
     )
     predictions = dict(p.split("=", 1) for p in args.predictions)
     if args.pictures:
-        _pictures(args, root, segmenter, predictions)
+        _pictures(args, root, segmenter, evaluate.Config.from_settings("default", settings), predictions)
     results = evaluate.evaluate(segmenter, samples, predictions={k: Path(v) for k, v in predictions.items()},
                                 progress=lambda sid: print(f"  {sid}", file=sys.stderr))
-    print(f"model: {settings.segmenter_model}\n")
+    print(f"model: {segmenter.name} ({segmenter.engine} on {settings.segmenter_device}, {settings.segmenter_dtype}, "
+          f"{segmenter.input_size} px, {segmenter.threads} threads)\n")
     print(evaluate.report(results))
     return 0
 
 
-def _pictures(args: argparse.Namespace, root: Path, segmenter, predictions: dict[str, str]) -> None:
+def _pictures(args: argparse.Namespace, root: Path, segmenter, config, predictions: dict[str, str]) -> None:
     import numpy as np
     from PIL import Image
 
@@ -140,7 +141,7 @@ def _pictures(args: argparse.Namespace, root: Path, segmenter, predictions: dict
     for sample in evalsets.samples(root):
         if sample.id not in wanted:
             continue
-        alpha, rgb = evaluate.run_pipeline(segmenter, sample, evaluate.Config("default"))
+        alpha, rgb = evaluate.run_pipeline(segmenter, sample, config)
         panels = [(rgb, alpha)]
         for folder in predictions.values():
             out = np.asarray(Image.open(Path(folder) / (sample.id.replace("/", "__") + ".png")).convert("RGBA"))

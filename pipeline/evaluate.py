@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import cv2
 import numpy as np
@@ -29,15 +29,26 @@ from PIL import Image
 from pipeline import compose, imageio, refine
 from pipeline.evalsets import Sample
 
+if TYPE_CHECKING:
+    from pipeline.segment import Segmenter
+    from pipeline.settings import Settings
+
 
 @dataclass(frozen=True)
 class Config:
-    """One pipeline configuration to evaluate."""
+    """One pipeline configuration to evaluate (the segmenter aside)."""
 
     name: str
     refine_edges: str = "auto"
     refine_foreground: bool = False
     cutoff: float = 0.04
+    min_confidence: float = 0.5
+
+    @classmethod
+    def from_settings(cls, name: str, settings: Settings) -> Config:
+        """The configuration the service runs with ``settings``."""
+        return cls(name, refine_edges=settings.refine_edges, refine_foreground=settings.refine_foreground,
+                   cutoff=settings.segmenter_alpha_cutoff, min_confidence=settings.segmenter_min_confidence)
 
 
 CONFIGS = (
@@ -112,13 +123,14 @@ class Scores:
 HEADER = "| configuration | images | IoU | MAE | boundary F | edge colour error | s/image |\n|---|---|---|---|---|---|---|"
 
 
-def run_pipeline(segmenter, sample: Sample, config: Config, min_confidence: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Our pipeline on one sample: returns the uncropped output alpha and colours."""
+def run_pipeline(segmenter: Segmenter, sample: Sample, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Our pipeline on one sample, the model fed at the segmenter's input size as the service
+    feeds it: returns the uncropped output alpha and colours."""
     image = imageio.DecodedImage(sample.rgb, None, "png")
-    size = segmenter.spec.input_size
+    size = segmenter.input_size
     batch = imageio.model_input(image.rgb, size)[None]
     prob = segmenter.predict(batch)[0]
-    mask = compose.normalize_probability(prob, min_confidence)
+    mask = compose.normalize_probability(prob, config.min_confidence)
     if mask is None:
         return np.zeros(sample.gt.shape, np.uint8), sample.rgb
     alpha = compose.full_alpha(mask, image, config.refine_edges, config.cutoff, size)
@@ -126,7 +138,7 @@ def run_pipeline(segmenter, sample: Sample, config: Config, min_confidence: floa
     return alpha, rgb
 
 
-def evaluate(segmenter, samples: Iterable[Sample], configs: Iterable[Config] = CONFIGS, predictions: dict[str, Path] | None = None,
+def evaluate(segmenter: Segmenter, samples: Iterable[Sample], configs: Iterable[Config] = CONFIGS, predictions: dict[str, Path] | None = None,
              progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Scores]]:
     """Scores per configuration (and per external prediction folder), split by set."""
     configs = list(configs)

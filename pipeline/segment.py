@@ -6,10 +6,14 @@ import concurrent.futures
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.models.registry import ModelSpec, get_spec
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -258,3 +262,25 @@ class Segmenter:
             return self._run(batch, 0)
         parts = [self._workers.submit(self._run, batch[rows], share) for rows, share in split_threads(len(batch), self.threads)]
         return np.concatenate([p.result() for p in parts]).astype(np.float32, copy=False)
+
+
+def segmenter_from_settings(settings: Settings, cpus: int = 0) -> Segmenter:
+    """The segmenter that ``settings`` describe: what a Serve replica runs and what
+    ``cutout eval`` scores (model, weights, device, dtype, engine, input size, threads).
+
+    Args:
+        settings: The service's settings.
+        cpus: CPUs given to this process, used when ``torch_threads`` is 0 (0 = every CPU of
+            the machine).
+    """
+    return Segmenter(
+        settings.segmenter_model,
+        settings.segmenter_device,
+        settings.model_cache_dir,
+        settings.torch_threads or cpus,
+        weights_uri=settings.segmenter_weights_uri,
+        weights_sha256=settings.segmenter_weights_sha256,
+        dtype=settings.segmenter_dtype,
+        engine=settings.segmenter_engine,
+        input_size=settings.segmenter_input_size,
+    )
