@@ -71,6 +71,17 @@ def gcs_emulator(tmp_path_factory):
         os.environ["STORAGE_EMULATOR_HOST"] = previous
 
 
+@pytest.fixture(scope="session")
+def eval_dir() -> Path:
+    """The evaluation photos: skipped when absent, failed under CI (``tests.images.require_eval_data``).
+
+    Session-scoped, so that it is checked before any module fixture that reads the photos.
+    """
+    from tests.images import require_eval_data
+
+    return require_eval_data()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Runs a model test module's convolutions on one intra-op thread.

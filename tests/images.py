@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image, ImageCms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +50,18 @@ def eval_image(name: str) -> Path:
     return EVAL / "grabcut" / "images" / name
 
 
-def have_eval() -> bool:
-    return (EVAL / "grabcut" / "images").is_dir()
+def require_eval_data(folder: Path = EVAL) -> Path:
+    """The evaluation photos (``../shared/eval``) for a test that needs them.
+
+    When they are absent the test is skipped locally, saying why; under CI (``CI=true``) it
+    fails instead, so that a green CI run cannot hide that the real-photo tests never ran.
+    """
+    if not (folder / "grabcut" / "images").is_dir():
+        reason = f"the evaluation photos are absent: no folder {folder / 'grabcut' / 'images'}"
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"{reason}; under CI=true the tests that need them must run", pytrace=False)
+        pytest.skip(reason)
+    return folder
 
 
 def cmyk_jpeg_with_profile() -> bytes:

@@ -11,9 +11,9 @@ from pipeline.imageio import DecodedImage
 from pipeline.moderation import Detection, Policy
 from pipeline.service import ContentModerator, LoadedImage
 from pipeline.settings import DEFAULT_MODERATION_BLOCK
-from tests.images import eval_image, have_eval
+from tests.images import eval_image
 
-needs_eval = pytest.mark.skipif(not have_eval(), reason="../shared/eval (real photos) is absent")
+needs_eval = pytest.mark.usefixtures("eval_dir")
 
 
 def test_policy_blocks_only_listed_categories_at_threshold():

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline.segment import Segmenter, resolve_engine, split_threads
 from pipeline.settings import load_settings
-from tests.images import eval_image, have_eval
+from tests.images import eval_image
 
 
 def test_auto_engine_is_onnxruntime_only_for_the_shipped_u2netp_in_float32_on_cpu():
@@ -57,7 +57,7 @@ def _photos() -> np.ndarray:
     return np.stack([np.asarray(Image.open(eval_image(n)).convert("RGB").resize((320, 320), Image.LANCZOS)) for n in names])
 
 
-@pytest.mark.skipif(not have_eval(), reason="../shared/eval (real photos) is absent")
+@pytest.mark.usefixtures("eval_dir")
 def test_both_engines_give_the_same_probabilities_whole_batch_or_split(engines):
     batch = _photos()
     torch_out = engines["torch"].predict(batch)
@@ -77,7 +77,7 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-@pytest.mark.skipif(not have_eval(), reason="../shared/eval (real photos) is absent")
+@pytest.mark.usefixtures("eval_dir")
 def test_after_warm_up_the_cpu_engine_holds_its_memory_steady_under_every_layout(engines):
     # The onnxruntime sessions share one arena; warm_up grows it to its steady size, so a
     # replica's memory after a load is what it was before (issue 6, acceptance 4).

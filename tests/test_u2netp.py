@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.models.u2netp import INPUT_SIZE, MEAN, STD, U2NetP, preprocess
 from pipeline.models.u2netp_weights import U2NETP_ONNX_SHA256, load_u2netp, sha256_of, shipped_onnx_path
-from tests.images import eval_image, have_eval
+from tests.images import eval_image
 
 PHOTOS = ["banana1.png", "person1.jpg", "106024.jpg", "teddy.jpg", "scissors.JPG"]
 
@@ -42,7 +42,7 @@ def test_preprocess_matches_rembg_normalisation_and_never_nan():
     assert not np.isnan(preprocess(np.zeros((1, 4, 4, 3), np.uint8)).numpy()).any()
 
 
-@pytest.mark.skipif(not have_eval(), reason="../shared/eval (real photos) is absent")
+@pytest.mark.usefixtures("eval_dir")
 def test_torch_model_equals_onnxruntime_on_real_photos(model):
     import onnxruntime as ort
 

@@ -13,11 +13,11 @@ import requests
 from PIL import Image
 
 from pipeline.timing import parse_server_timing
-from tests.images import b64, encode, eval_image, have_eval, rgba_with_alpha
+from tests.images import b64, encode, eval_image, rgba_with_alpha
 
 pytestmark = pytest.mark.integration
 
-needs_eval = pytest.mark.skipif(not have_eval(), reason="../shared/eval (real photos) is absent")
+needs_eval = pytest.mark.usefixtures("eval_dir")
 
 
 def error_of(resp: requests.Response, status: int) -> dict:
