@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import base64
+import io
+import itertools
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from pipeline.errors import CutoutError
 from pipeline.imageio import composite_over_white, decode_base64, decode_image, encode_png, jpeg_preview, sniff
-from tests.images import encode, product_photo, rgba_with_alpha
+from tests.images import cmyk_print_profile, encode, product_photo, rgba_with_alpha
 
 MP = 1_000_000
 
@@ -82,6 +84,29 @@ def test_cmyk_jpeg_becomes_rgb():
     assert out.rgb.shape == (60, 80, 3)
     r, g, b = out.rgb[33, 40].astype(int)
     assert r > 150 and g < 90 and b < 90
+
+
+def test_cmyk_jpeg_is_converted_through_its_embedded_icc_profile():
+    # 8x8 patches of every mix of 0, 50 and 100% of each ink (flat patches survive JPEG well)
+    mixes = np.array(list(itertools.product((0, 128, 255), repeat=4)), np.uint8).reshape(9, 9, 4)
+    cmyk = Image.fromarray(np.kron(mixes, np.ones((8, 8, 1), np.uint8)), "CMYK")
+    profile = cmyk_print_profile()
+    data = encode(cmyk, "JPEG", quality=95, icc_profile=profile)
+    as_stored = Image.open(io.BytesIO(data))
+    assert as_stored.mode == "CMYK" and as_stored.info["icc_profile"] == profile
+    through_profile = np.asarray(
+        ImageCms.profileToProfile(as_stored, ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"), outputMode="RGB")
+    )
+    naive = np.asarray(as_stored.convert("RGB"))
+    out = decode(data).rgb
+    assert np.array_equal(out, through_profile)
+    assert np.abs(through_profile.astype(int) - naive).mean() > 20  # the profile changes the colours...
+    black, cyan = (4, 2 * 8 + 4), (6 * 8 + 4, 4)  # mixes 2 (100% K alone) and 54 (100% C alone)
+    assert tuple(naive[black]) == (0, 0, 0) and min(out[black]) > 30  # ...the ink's black is not pure black
+    assert tuple(naive[cyan]) == (0, 255, 255) and out[cyan][0] > 60 and out[cyan][1] < 230  # cyan ink is no pure cyan
+    # the model's reduced decode converts through the same profile
+    preview = jpeg_preview(data, 32)
+    assert preview is not None and np.abs(preview.astype(int) - np.asarray(Image.fromarray(out).reduce(2))).mean() < 3
 
 
 def test_16_bit_greyscale_png_is_scaled_not_clipped():
