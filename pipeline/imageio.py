@@ -1,6 +1,6 @@
 """Decoding untrusted image bytes into sRGB pixels and an optional alpha channel.
 
-Decisions (also in the README):
+Decisions (also in docs/api.md):
 - The format is decided by the bytes (magic numbers), never by a name or Content-Type.
 - Dimensions are read from the header and checked before any pixel is decoded.
 - EXIF orientation is applied; the crop in the response is in that rotated grid.
@@ -212,13 +212,6 @@ def _apply_icc(im: Image.Image, icc: bytes) -> Image.Image:
         return ImageCms.profileToProfile(im, src, _SRGB, outputMode="RGB")
     except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
         return im  # an unusable profile is ignored: the pixels are taken as sRGB
-
-
-def to_image(rgb: np.ndarray, alpha: np.ndarray | None = None) -> Image.Image:
-    """Wrap arrays as a Pillow image (RGBA when ``alpha`` is given)."""
-    if alpha is None:
-        return Image.fromarray(rgb, "RGB")
-    return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
 
 
 def jpeg_preview(data: bytes, side: int) -> np.ndarray | None:
