@@ -62,7 +62,7 @@ def _doc(description: str, unit: str | None = None, secret: bool = False) -> dic
 
 
 class Settings(BaseModel):
-    """Every setting of the service. See the README for the table generated from this class."""
+    """Every setting of the service. docs/settings.md is generated from this class."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -324,7 +324,7 @@ def load_settings(args: Mapping[str, Any] | None = None, environ: Mapping[str, s
 
 
 def settings_table() -> str:
-    """The README's settings table, generated from the model so that the two stay in step."""
+    """The settings table of docs/settings.md, generated from the model so that the two stay in step."""
     rows = ["| environment variable | meaning | unit | default |", "|---|---|---|---|"]
     for name, field in Settings.model_fields.items():
         extra = field.json_schema_extra or {}
