@@ -10,7 +10,8 @@ A request is refused (503 ``overloaded``) only when its *expected* wait exceeds
 ``max_wait_s``. The expected wait is its place in the round-robin order divided by the rate at
 which this replica's pipeline finishes requests, measured: by Little's law a full pipeline of
 ``slots`` requests that each take ``W`` seconds finishes ``slots / W`` requests a second, and
-``W`` is a moving average of the time admitted requests spent in the pipeline. The refusal's
+``W`` is a moving average of the time admitted requests spent in the pipeline, quick to follow
+a slowdown. The refusal's
 ``Retry-After`` is when the queue is expected to have drained enough to admit it.
 
 :class:`RefusalPacer` keeps refusals cheap when clients ignore ``Retry-After``: refusals up to
@@ -29,8 +30,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-# Weight of the newest pipeline time in the moving average: about the last ten requests count.
-_EWMA_ALPHA = 0.2
+# Weight of the newest pipeline time in the moving average: a slower pipeline counts at once
+# (an estimate that lags would queue more than the wait limit allows), a faster one gradually.
+_EWMA_UP = 0.5
+_EWMA_DOWN = 0.1
 
 
 class Overloaded(Exception):
@@ -125,7 +128,8 @@ class FairAdmission:
         """
         now = self.clock()
         if measure:
-            self.pipeline_s += _EWMA_ALPHA * ((now - granted_at) - self.pipeline_s)
+            held = now - granted_at
+            self.pipeline_s += (_EWMA_UP if held > self.pipeline_s else _EWMA_DOWN) * (held - self.pipeline_s)
         while self._turns:
             org = self._turns.popleft()
             entry = self._orgs[org]

@@ -93,9 +93,7 @@ def running_service(args: dict | None = None, env_extra: dict | None = None, as_
         public_base_url=f"http://127.0.0.1:{port}",
         allowed_source_networks=["127.0.0.0/8"],
         moderation_block=FACE_POLICY,
-        # tests send up to 8 requests at once to see limits hold across replicas; refusal at
-        # capacity has tests of its own (test_ingress.py, test_overload.py, make bench)
-        **({} if as_shipped else {"ingress_max_inflight": 16}),
+        # admission (pipeline slots, the wait limit) as shipped: the tests see what users see
         **(args or {}),
     )
     for deployment in [] if as_shipped else app["deployments"]:  # one replica each keeps the 2-core CI machine calm
