@@ -19,7 +19,7 @@ from pipeline.fetch import Fetcher, FetchLimits, Resolver
 from pipeline.moderation import NudityDetector, Policy, over_white
 from pipeline.netguard import AddressPolicy
 from pipeline.settings import Settings
-from pipeline.storage import LocalStorage, load_or_create_key
+from pipeline.storage import open_storage
 from pipeline.timing import Timings, timed
 
 @dataclass
@@ -131,24 +131,6 @@ class ContentModerator:
             raise moderation_failed(stage, violations)
 
 
-def open_storage(settings: Settings) -> Any:
-    """The configured result storage: :class:`GCSStorage` for ``gs://``, else :class:`LocalStorage`."""
-    if settings.uses_gcs:
-        from pipeline.gcs import GCSStorage
-
-        return GCSStorage(
-            str(settings.storage_uri),
-            settings.result_url_ttl_s,
-            timeout_s=settings.gcs_timeout_s,
-            deadline_s=settings.gcs_deadline_s,
-            iam_endpoint=settings.gcs_iam_endpoint,
-            service_account=settings.gcs_signing_service_account,
-        )
-    key = settings.url_signing_key.get_secret_value().encode() if settings.url_signing_key else None
-    key = key or load_or_create_key(settings.data_dir / "url-signing.key")
-    return LocalStorage(settings.results_dir, key, settings.result_url_ttl_s, settings.public_base_url)
-
-
 @dataclass(frozen=True)
 class CutoutOptions:
     """The per-request choices the finishing stage needs."""
@@ -221,6 +203,5 @@ class Finisher:
 
     def check(self) -> str:
         """Start-up check of the storage (GCS: write, delete, sign); returns a description."""
-        check = getattr(self.storage, "check", None)
-        return check() if check else f"local folder {self.storage.root}"
+        return self.storage.check()
 

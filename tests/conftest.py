@@ -49,10 +49,9 @@ class Emulator:
 
     def client(self):
         """A storage client for the emulator (anonymous: the emulator checks no credentials)."""
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        from pipeline.storage import storage_client
 
-        return storage.Client(project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": self.host})
+        return storage_client(self.host)
 
 
 @pytest.fixture(scope="session")

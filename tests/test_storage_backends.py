@@ -11,6 +11,7 @@ test that uses it says so.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -18,6 +19,7 @@ import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
@@ -26,12 +28,30 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from pipeline.errors import CutoutError
-from pipeline.gcs import GCSStorage, IamSigner, StorageConfigError, iam_signing_credentials
-from pipeline.storage import LocalStorage, load_or_create_key
+from pipeline.storage import (
+    GCSStorage,
+    LocalStorage,
+    ResultStorage,
+    StorageConfigError,
+    load_or_create_key,
+)
+from pipeline.storage.gcs import IamSigner, iam_signing_credentials
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"result-bytes" * 10
 EMAIL = "cutout-signer@test-project.iam.gserviceaccount.com"
 TTL = 3600
+
+
+@contextlib.contextmanager
+def serve_http(handler: type[BaseHTTPRequestHandler]):
+    """Serve ``handler`` on a loopback port in a thread; yields the base URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +140,7 @@ def backend(request, tmp_path, monkeypatch, rsa_key, key_file):
 
 
 def test_put_names_metadata_and_signed_get(backend):
+    assert isinstance(backend.storage, ResultStorage)
     name = backend.storage.put("acme", PNG, {"sku": "SKU-9", "request_id": "r-1", "model": "u2netp"})
     prefix = "results/" if backend.name == "gcs" else ""
     assert re.match(rf"^{prefix}acme/\d{{4}}/\d{{2}}/\d{{2}}/[0-9a-f]{{32}}\.png$", name)
@@ -221,12 +242,8 @@ def sign_blob_server(rsa_key):
             self.end_headers()
             self.wfile.write(out)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    httpd.calls = calls
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield httpd
-    httpd.shutdown()
+    with serve_http(Handler) as url:
+        yield SimpleNamespace(url=url, calls=calls)
 
 
 def test_workload_identity_signs_through_iam_sign_blob(gcs_emulator, sign_blob_server, rsa_key, monkeypatch):
@@ -249,7 +266,7 @@ def test_credentials_that_cannot_sign_fail_the_startup_check(gcs_emulator, sign_
 
 
 def test_signer_is_chosen_automatically(key_file, sign_blob_server, monkeypatch):
-    from pipeline import gcs
+    from pipeline.storage import gcs
 
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
     _, how = gcs.choose_signer()

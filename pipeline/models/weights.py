@@ -70,18 +70,12 @@ def _atomic_download(cache_dir: Path, name: str, write: Any) -> Path:
 
 
 def _download_gs(uri: str, cache_dir: Path, name: str) -> Path:
-    from google.cloud import storage
+    from pipeline.storage.gcs import storage_client
 
     bucket_name, _, blob_name = uri[len("gs://"):].partition("/")
     if not bucket_name or not blob_name:
         raise WeightsError(f"CUTOUT_SEGMENTER_WEIGHTS_URI: {uri!r} is not gs://BUCKET/OBJECT")
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        client = storage.Client(project="local", credentials=AnonymousCredentials())
-    else:
-        client = storage.Client()
-    blob = client.bucket(bucket_name).blob(blob_name)
+    blob = storage_client().bucket(bucket_name).blob(blob_name)
     return _atomic_download(cache_dir, name, lambda f: blob.download_to_file(f, timeout=300))
 
 

@@ -1,19 +1,17 @@
 """Result storage on local disk (the embedded default), with HMAC-signed expiring URLs.
 
-Objects are named ``ORG/YYYY/MM/DD/<128-bit random id>.png``; a JSON sidecar holds the
-metadata. Writes are atomic (temporary file, then rename), so a failed request leaves nothing
+Objects are named as :mod:`pipeline.storage.base` says; a JSON sidecar holds the metadata.
+Writes are atomic (temporary file, then rename), so a failed request leaves nothing
 half-written. The service serves the files itself at ``/results/<name>?expires=..&signature=..``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import hmac
 import json
 import os
-import re
 import secrets
 import tempfile
 import time
@@ -21,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import CutoutError
-
-RESULTS_ROUTE = "/results/"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}/\d{4}/\d{2}/\d{2}/[0-9a-f]{32}\.png$")
+from pipeline.storage.base import (
+    OBJECT_NAME,
+    RESULTS_ROUTE,
+    ResultStorage,
+    new_object_name,
+)
 
 
 def load_or_create_key(path: Path) -> bytes:
@@ -56,7 +57,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-class LocalStorage:
+class LocalStorage(ResultStorage):
     """Stores results in a folder and signs URLs for them.
 
     Args:
@@ -76,8 +77,7 @@ class LocalStorage:
     def put(self, org: str, png: bytes, metadata: dict[str, Any], now: float | None = None) -> str:
         """Store a PNG and its metadata; return the object name."""
         now = time.time() if now is None else now
-        day = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y/%m/%d")
-        name = f"{org}/{day}/{secrets.token_hex(16)}.png"
+        name = new_object_name(org, now)
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"content_type": "image/png", "created": int(now), **metadata}
@@ -106,7 +106,7 @@ class LocalStorage:
             CutoutError: 403 for a bad or expired signature, 404 for a missing object.
         """
         now = time.time() if now is None else now
-        if not _NAME.match(name) or not expires or not expires.isdigit() or not signature:
+        if not OBJECT_NAME.match(name) or not expires or not expires.isdigit() or not signature:
             raise CutoutError(403, "invalid_signature", "The result URL is not valid.", None)
         if not hmac.compare_digest(self._signature(name, int(expires)), signature):
             raise CutoutError(403, "invalid_signature", "The result URL is not valid.", None)
@@ -120,6 +120,10 @@ class LocalStorage:
     def metadata(self, name: str) -> dict[str, Any]:
         """The metadata stored with ``name``."""
         return json.loads((self.root / name).with_suffix(".json").read_text())
+
+    def check(self) -> str:
+        """Nothing to check beyond the folder made at construction; describes it."""
+        return f"local folder {self.root}"
 
     def cleanup(self, now: float | None = None) -> int:
         """Delete results older than the URL lifetime (and stray partial files); return the count."""

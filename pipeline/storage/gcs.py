@@ -12,6 +12,7 @@ uploads only make an object visible once complete, so a failure leaves nothing b
 
 ``STORAGE_EMULATOR_HOST`` (tests, local development) points the client at an emulator and
 uses anonymous credentials for it; signed URLs then point at the emulator too.
+:func:`storage_client` is the one place that builds a client.
 """
 
 from __future__ import annotations
@@ -26,12 +27,33 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import CutoutError, unavailable
+from pipeline.storage.base import ResultStorage, StorageConfigError, new_object_name
 
 IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
+GCS_ENDPOINT = "https://storage.googleapis.com"
 
 
-class StorageConfigError(RuntimeError):
-    """The bucket cannot be used (missing, not writable, or URLs cannot be signed)."""
+def emulator_host() -> str | None:
+    """``STORAGE_EMULATOR_HOST`` without a trailing slash, or None when it is not set."""
+    return os.environ.get("STORAGE_EMULATOR_HOST", "").rstrip("/") or None
+
+
+def storage_client(emulator: str | None = None) -> Any:
+    """A google-cloud-storage client.
+
+    Args:
+        emulator: An emulator's base URL (default: ``STORAGE_EMULATOR_HOST``). With one, the
+            client talks to it with anonymous credentials; without, to GCS with the ambient
+            credentials.
+    """
+    from google.cloud import storage
+
+    emulator = emulator or emulator_host()
+    if emulator:
+        from google.auth.credentials import AnonymousCredentials
+
+        return storage.Client(project="emulator", credentials=AnonymousCredentials(), client_options={"api_endpoint": emulator})
+    return storage.Client()
 
 
 def parse_gs_uri(uri: str) -> tuple[str, str]:
@@ -147,17 +169,7 @@ def choose_signer(iam_endpoint: str = IAM_ENDPOINT, service_account: str | None 
     return iam_signing_credentials(IamSigner(email, ambient, iam_endpoint)), f"IAM signBlob as {email}"
 
 
-def _client() -> Any:
-    from google.cloud import storage
-
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
-        from google.auth.credentials import AnonymousCredentials
-
-        return storage.Client(project="emulator", credentials=AnonymousCredentials())
-    return storage.Client()
-
-
-class GCSStorage:
+class GCSStorage(ResultStorage):
     """Stores results in ``gs://BUCKET/PREFIX`` and returns V4 signed GET URLs.
 
     Args:
@@ -184,23 +196,20 @@ class GCSStorage:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.deadline_s = deadline_s
-        self.client = _client()
+        self.client = storage_client()
         self.bucket = self.client.bucket(self.bucket_name)
         self._signing = signing
         self._signing_info = "given credentials"
         self._iam_endpoint = iam_endpoint
         self._service_account = service_account
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-        self.endpoint = emulator.rstrip("/") if emulator else "https://storage.googleapis.com"
+        self.endpoint = emulator_host() or GCS_ENDPOINT
 
     def _retry(self) -> Any:
         from google.cloud.storage.retry import DEFAULT_RETRY
 
         return DEFAULT_RETRY.with_deadline(self.deadline_s)
 
-    def _object_name(self, org: str, now: float) -> str:
-        day = dt.datetime.fromtimestamp(now, dt.timezone.utc).strftime("%Y/%m/%d")
-        name = f"{org}/{day}/{secrets.token_hex(16)}.png"
+    def _object_name(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     def put(self, org: str, png: bytes, metadata: dict[str, Any], now: float | None = None) -> str:
@@ -209,7 +218,7 @@ class GCSStorage:
         Raises:
             CutoutError: 503 with ``Retry-After`` when GCS fails or is too slow.
         """
-        name = self._object_name(org, time.time() if now is None else now)
+        name = self._object_name(new_object_name(org, time.time() if now is None else now))
         blob = self.bucket.blob(name)
         blob.metadata = {k: str(v) for k, v in metadata.items() if v is not None}
         blob.cache_control = "private, max-age=3600"
