@@ -44,7 +44,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def error_response(error: CutoutError, request_id: str | None) -> JSONResponse:
-    """The JSON error response of SPEC.md, with ``Retry-After`` where the error has one.
+    """The JSON error response of docs/api.md, with ``Retry-After`` where the error has one.
 
     Args:
         request_id: Sent as ``X-Request-Id``; None where Serve's proxy sends that header itself.

@@ -1,4 +1,4 @@
-"""From decoded image and model mask to the cropped RGBA cutout (the alpha table of SPEC.md).
+"""From decoded image and model mask to the cropped RGBA cutout (the alpha table of docs/api.md).
 
 | input    | force_rmbg | preserve_alpha | output alpha                                   |
 |----------|------------|----------------|------------------------------------------------|
@@ -162,7 +162,7 @@ class Crop:
     height: int
 
     def as_dict(self) -> dict[str, int]:
-        """JSON form of SPEC.md's ``crop``."""
+        """JSON form of the response's ``crop`` (docs/api.md)."""
         return {"left": self.left, "top": self.top, "width": self.width, "height": self.height}
 
 

@@ -1,6 +1,6 @@
 """Typed errors: each carries its HTTP status, a public message and the parameter at fault.
 
-One place (``to_body``) turns an error into the JSON body of SPEC.md. The internal message is
+One place (``to_body``) turns an error into the JSON error body of docs/api.md. The internal message is
 for logs only and never reaches a client.
 """
 
@@ -59,7 +59,7 @@ class CutoutError(Exception):
         return f"CutoutError({self.status}, {self.reason!r}, {self.message!r}, parameter={self.parameter!r})"
 
     def to_body(self) -> dict[str, Any]:
-        """Return the public JSON body of SPEC.md."""
+        """Return the public JSON error body (docs/api.md, Errors)."""
         return {
             "error": {
                 "code": self.status,

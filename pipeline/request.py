@@ -1,4 +1,4 @@
-"""The request of ``POST /product/cutout``: parsing and validation of every field of SPEC.md."""
+"""The request of ``POST /product/cutout``: parsing and validation of every field (docs/api.md, Request)."""
 
 from __future__ import annotations
 

@@ -76,7 +76,7 @@ class ImageLoader:
         """Download or decode, then prepare the model input (decoding runs in a worker thread).
 
         Raises:
-            CutoutError: Any input error of SPEC.md (400, 404, 413, 415, 460).
+            CutoutError: Any input error of docs/api.md (400, 404, 413, 415, 460).
         """
         timings: Timings = {}
         with timed(timings, "fetch"):
@@ -175,7 +175,7 @@ class Finisher:
     def store(
         self, loaded: LoadedImage, rgba: np.ndarray, crop: compose.Crop, options: CutoutOptions, timings: Timings | None = None
     ) -> dict[str, Any]:
-        """Encode, store and sign; return the 200 body of SPEC.md (CPU- and disk-bound).
+        """Encode, store and sign; return the 200 body of docs/api.md (CPU- and disk-bound).
 
         Args:
             timings: Where ``encode`` and ``store`` milliseconds are added, if given.

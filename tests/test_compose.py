@@ -1,4 +1,4 @@
-"""The alpha table of SPEC.md, row by row, and the crop."""
+"""The alpha table of docs/api.md, row by row, and the crop."""
 
 from __future__ import annotations
 

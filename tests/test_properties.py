@@ -1,5 +1,5 @@
 """Property tests: random JSON and random or mutated image bytes only ever give a result or a
-4xx of SPEC.md, never another exception (which would be a 500), and never hang."""
+4xx of docs/api.md, never another exception (which would be a 500), and never hang."""
 
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ def _rss_mb() -> float:
 @pytest.mark.usefixtures("eval_dir")
 def test_after_warm_up_the_cpu_engine_holds_its_memory_steady_under_every_layout(engines):
     # The onnxruntime sessions share one arena; warm_up grows it to its steady size, so a
-    # replica's memory after a load is what it was before (issue 6, acceptance 4).
+    # replica's memory after a load is what it was before.
     engine = engines["onnxruntime"]
     engine.warm_up(batch_size=2)
     before = _rss_mb()

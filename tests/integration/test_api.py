@@ -1,4 +1,4 @@
-"""End to end through real HTTP against the running application: every status SPEC.md lists
+"""End to end through real HTTP against the running application: every status of docs/api.md
 that can be produced here, the alpha table on real requests, and result URLs that expire."""
 
 from __future__ import annotations
