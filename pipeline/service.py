@@ -202,6 +202,6 @@ class Finisher:
         return self.storage.cleanup()
 
     def check(self) -> str:
-        """Start-up check of the storage (GCS: write, delete, sign); returns a description."""
+        """Start-up check of the storage (GCS: bucket permissions and signing); returns a description."""
         return self.storage.check()
 

@@ -5,7 +5,8 @@ signatures nor expiry, so these tests check them themselves: they recompute the 
 string-to-sign from the URL and verify the signature with the public half of a locally
 generated service-account key, and they check X-Goog-Date / X-Goog-Expires. Google's IAM
 signBlob endpoint cannot exist here; a stand-in HTTP server signs with that same key, and the
-test that uses it says so.
+test that uses it says so. Nor does the emulator check permissions: a proxy in front of it
+refuses what the roles cluster/gcs/setup.sh grants do not allow.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import base64
 import contextlib
 import datetime as dt
 import hashlib
+import http.client
 import json
 import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -36,10 +39,12 @@ from pipeline.storage import (
     load_or_create_key,
 )
 from pipeline.storage.gcs import IamSigner, iam_signing_credentials
+from tests.conftest import Emulator
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"result-bytes" * 10
 EMAIL = "cutout-signer@test-project.iam.gserviceaccount.com"
 TTL = 3600
+SETUP_SH = Path(__file__).resolve().parents[1] / "cluster" / "gcs" / "setup.sh"
 
 
 @contextlib.contextmanager
@@ -210,6 +215,117 @@ def test_startup_check_passes_and_fails_clearly(gcs_emulator, key_file, monkeypa
     assert "service-account key" in GCSStorage(f"gs://{gcs_emulator.bucket}/x", TTL).check()
     with pytest.raises(StorageConfigError, match="does not exist"):
         GCSStorage("gs://no-such-bucket-here/x", TTL, timeout_s=2, deadline_s=3).check()
+
+
+# The permissions of the predefined roles setup.sh may grant, as far as the service's requests go.
+ROLE_PERMISSIONS = {
+    "roles/storage.objectCreator": {"storage.objects.create"},
+    "roles/storage.objectViewer": {"storage.objects.get", "storage.objects.list"},
+    "roles/storage.objectUser": {"storage.objects.create", "storage.objects.get", "storage.objects.list",
+                                 "storage.objects.update", "storage.objects.delete"},
+}
+
+
+def setup_sh_roles() -> set[str]:
+    """The storage roles cluster/gcs/setup.sh grants the service on the bucket."""
+    roles = set(re.findall(r"--role=(roles/storage\.\w+)", SETUP_SH.read_text()))
+    assert roles <= ROLE_PERMISSIONS.keys(), f"model the permissions of {roles - ROLE_PERMISSIONS.keys()} here"
+    return roles
+
+
+def needed_permission(method: str, path: str) -> str:
+    """The IAM permission a JSON API request needs (anything not listed here is refused)."""
+    if re.match(r"^/upload/storage/v1/b/[^/]+/o$", path) and method == "POST":
+        return "storage.objects.create"
+    if re.match(r"^/storage/v1/b/[^/]+/o$", path) and method == "GET":
+        return "storage.objects.list"
+    if re.match(r"^(/download)?/storage/v1/b/[^/]+/o/.+", path):
+        return {"GET": "storage.objects.get", "DELETE": "storage.objects.delete"}.get(method, "storage.objects.update")
+    if re.match(r"^/storage/v1/b/[^/]+$", path) and method == "GET":
+        return "storage.buckets.get"
+    if re.match(r"^/storage/v1/b/[^/]+/iam/testPermissions$", path):
+        return ""  # any caller may ask; the answer is filtered below
+    return f"unmodelled request {method} {path}"
+
+
+@contextlib.contextmanager
+def bucket_with_roles(emulator: Emulator, roles: set[str]):
+    """A proxy in front of the emulator that allows only what ``roles`` allow, as GCS IAM would.
+
+    Yields a namespace with ``url`` (for STORAGE_EMULATOR_HOST) and ``refused``: the requests
+    answered 403, except the storage library's own background read of the bucket's metadata
+    (for its tracing attributes; it expects a 403 without storage.buckets.get and falls back).
+    """
+    granted = set().union(*(ROLE_PERMISSIONS[r] for r in roles))
+    refused = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+            self.send_response(status)
+            for k, v in headers:
+                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _handle(self) -> None:
+            path, _, query = self.path.partition("?")
+            permission = needed_permission(self.command, path)
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if permission and permission not in granted:
+                if permission != "storage.buckets.get":
+                    refused.append(f"{self.command} {path} ({permission})")
+                error = {"error": {"code": 403, "message": f"caller does not have {permission} access"}}
+                self._reply(403, [("Content-Type", "application/json")], json.dumps(error).encode())
+                return
+            conn = http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=10)
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            response = conn.getresponse()
+            status, headers, content = response.status, response.getheaders(), response.read()
+            conn.close()
+            if path.endswith("/iam/testPermissions") and status == 200:
+                asked = parse_qs(query).get("permissions", [])
+                content = json.dumps({"permissions": [p for p in asked if p in granted]}).encode()
+            self._reply(status, headers, content)
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    with serve_http(Proxy) as url:
+        yield SimpleNamespace(url=url, refused=refused)
+
+
+def test_startup_check_needs_only_the_roles_setup_sh_grants(gcs_emulator, key_file, monkeypatch):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    def stored():
+        return {b.name for b in gcs_emulator.client().list_blobs(gcs_emulator.bucket)}
+
+    before = stored()
+    with bucket_with_roles(gcs_emulator, setup_sh_roles()) as bucket:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", bucket.url)
+        storage = GCSStorage(f"gs://{gcs_emulator.bucket}/roles", TTL, timeout_s=3, deadline_s=5)
+        assert "service-account key" in storage.check()
+        assert bucket.refused == []  # no request the roles refuse, such as deleting a probe
+        assert stored() == before  # and nothing written
+        name = storage.put("acme", PNG, {"sku": "R-1"})  # the service's own work needs nothing more
+        assert storage.metadata(name)["sku"] == "R-1"
+        assert bucket.refused == []
+
+
+@pytest.mark.parametrize(
+    ("roles", "missing"),
+    [({"roles/storage.objectViewer"}, "storage.objects.create"), ({"roles/storage.objectCreator"}, "storage.objects.get")],
+)
+def test_startup_check_names_a_missing_permission(gcs_emulator, key_file, monkeypatch, roles, missing):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    with bucket_with_roles(gcs_emulator, roles) as bucket:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", bucket.url)
+        with pytest.raises(StorageConfigError, match=f"lacks {missing} on gs://{gcs_emulator.bucket}"):
+            GCSStorage(f"gs://{gcs_emulator.bucket}/roles", TTL, timeout_s=3, deadline_s=5).check()
 
 
 class _Token:

@@ -8,7 +8,10 @@
 #   1. bucket with uniform bucket-level access, public access prevention, soft delete off,
 #      and a lifecycle rule deleting results after 1 day (URLs live 1 hour);
 #   2. a Google service account `cutout-uploader` with object creator + viewer on the bucket
-#      only, and token creator on itself (IAM signBlob, for signing URLs without a key);
+#      only, and token creator on itself (IAM signBlob, for signing URLs without a key).
+#      No delete or update: the service never overwrites or deletes a result (the lifecycle
+#      rule does), and its start-up check writes nothing (it asks the bucket for
+#      storage.objects.create and storage.objects.get with testIamPermissions);
 #   3. Workload Identity: the Kubernetes service account of the Ray pods may act as it.
 # Then set CUTOUT_STORAGE_URI=gs://$BUCKET/cutouts on the cluster (cluster/rayservice.yaml).
 set -euo pipefail
@@ -26,6 +29,7 @@ gcloud storage buckets update "gs://${BUCKET}" --uniform-bucket-level-access \
 
 gcloud iam service-accounts create "$GSA_NAME" --project="$PROJECT" \
   --display-name="product cutout uploader" || true
+# objectCreator: create-only uploads; objectViewer: metadata and signed GET URLs; nothing more
 gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" \
   --member="serviceAccount:${GSA}" --role=roles/storage.objectCreator
 gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" \

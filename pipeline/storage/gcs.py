@@ -10,6 +10,10 @@ Uploads use ``if_generation_match=0`` (create-only), so the library's retries ar
 retried upload can never overwrite or duplicate. Single-request (multipart) and resumable
 uploads only make an object visible once complete, so a failure leaves nothing behind.
 
+The start-up check writes nothing: it asks the bucket which of the permissions the service
+needs its identity holds (``testIamPermissions``) and signs a URL. The identity needs object
+create and get only (cluster/gcs/setup.sh); it never overwrites or deletes a result.
+
 ``STORAGE_EMULATOR_HOST`` (tests, local development) points the client at an emulator and
 uses anonymous credentials for it; signed URLs then point at the emulator too.
 :func:`storage_client` is the one place that builds a client.
@@ -20,8 +24,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,10 @@ from pipeline.storage.base import ResultStorage, StorageConfigError, new_object_
 
 IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
 GCS_ENDPOINT = "https://storage.googleapis.com"
+logger = logging.getLogger(__name__)
+# What the service does with results: create them, and read them (metadata, signed GET URLs).
+# cluster/gcs/setup.sh grants these (objectCreator, objectViewer) and neither update nor delete.
+REQUIRED_PERMISSIONS = ("storage.objects.create", "storage.objects.get")
 
 
 def emulator_host() -> str | None:
@@ -125,7 +133,10 @@ def _key_file_credentials() -> Any | None:
         return None
     try:
         info = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        logger.warning(
+            "GOOGLE_APPLICATION_CREDENTIALS: cannot read %s as JSON (%s); trying ambient credentials", path, type(exc).__name__
+        )
         return None
     if info.get("type") != "service_account" or "private_key" not in info:
         return None
@@ -159,7 +170,8 @@ def choose_signer(iam_endpoint: str = IAM_ENDPOINT, service_account: str | None 
 
             ambient.refresh(google.auth.transport.requests.Request())
             email = service_account or getattr(ambient, "service_account_email", None)
-        except Exception:
+        except Exception as exc:
+            logger.warning("could not learn the ambient credentials' service account: %s", type(exc).__name__)
             email = None
     if not email or email == "default":
         raise StorageConfigError(
@@ -272,32 +284,37 @@ class GCSStorage(ResultStorage):
         return 0
 
     def check(self) -> str:
-        """Start-up check: write and delete a probe object, and sign a URL.
+        """Start-up check, writing nothing: the bucket, the permissions the service needs, signing.
+
+        The permissions are asked of the bucket (``testIamPermissions``) rather than tried with
+        a probe object, which the service could not delete.
 
         Returns:
             A description of how URLs are signed.
 
         Raises:
-            StorageConfigError: Naming what is wrong (missing bucket, no write access, cannot sign).
+            StorageConfigError: Naming what is wrong (missing bucket, missing permission, cannot sign).
         """
-        probe = self.bucket.blob(f"{self.prefix + '/' if self.prefix else ''}.cutout-startup-check/{secrets.token_hex(8)}")
-        try:
-            probe.upload_from_string(b"ok", content_type="text/plain", if_generation_match=0, timeout=self.timeout_s, retry=self._retry())
-        except Exception as exc:
-            from google.api_core import exceptions as gexc
+        from google.api_core import exceptions as gexc
 
-            if isinstance(exc, gexc.NotFound):
-                raise StorageConfigError(f"CUTOUT_STORAGE_URI: bucket gs://{self.bucket_name} does not exist") from None
-            if isinstance(exc, gexc.Forbidden):
-                raise StorageConfigError(f"CUTOUT_STORAGE_URI: no permission to create objects in gs://{self.bucket_name}") from None
-            raise StorageConfigError(f"CUTOUT_STORAGE_URI: cannot write to gs://{self.bucket_name}: {type(exc).__name__}") from None
+        where = f"gs://{self.bucket_name}"
         try:
-            probe.delete(timeout=self.timeout_s)
-        except Exception:
-            pass  # deleting needs no extra role beyond creator in every setup; the lifecycle rule removes it
+            held = set(self.bucket.test_iam_permissions(list(REQUIRED_PERMISSIONS), timeout=self.timeout_s, retry=self._retry()))
+        except gexc.NotFound:
+            raise StorageConfigError(f"CUTOUT_STORAGE_URI: bucket {where} does not exist") from None
+        except gexc.Forbidden:
+            raise StorageConfigError(f"CUTOUT_STORAGE_URI: no access to {where}") from None
+        except Exception as exc:
+            raise StorageConfigError(f"CUTOUT_STORAGE_URI: cannot reach {where}: {type(exc).__name__}") from None
+        missing = [p for p in REQUIRED_PERMISSIONS if p not in held]
+        if missing:
+            raise StorageConfigError(
+                f"CUTOUT_STORAGE_URI: the service's identity lacks {', '.join(missing)} on {where} "
+                "(cluster/gcs/setup.sh grants roles/storage.objectCreator and roles/storage.objectViewer)"
+            )
         signing = self._signer()
         try:
-            self.bucket.blob(probe.name).generate_signed_url(
+            self.bucket.blob(self._object_name("startup-check.png")).generate_signed_url(
                 version="v4", expiration=dt.timedelta(seconds=60), credentials=signing, api_access_endpoint=self.endpoint
             )
         except Exception as exc:
