@@ -31,12 +31,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from pipeline.errors import CutoutError
+from pipeline.settings import load_settings
 from pipeline.storage import (
     GCSStorage,
     LocalStorage,
     ResultStorage,
     StorageConfigError,
     load_or_create_key,
+    open_storage,
 )
 from pipeline.storage.gcs import IamSigner, iam_signing_credentials
 from tests.conftest import Emulator
@@ -326,6 +328,15 @@ def test_startup_check_names_a_missing_permission(gcs_emulator, key_file, monkey
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", bucket.url)
         with pytest.raises(StorageConfigError, match=f"lacks {missing} on gs://{gcs_emulator.bucket}"):
             GCSStorage(f"gs://{gcs_emulator.bucket}/roles", TTL, timeout_s=3, deadline_s=5).check()
+
+
+def test_caches_keep_a_result_no_longer_than_its_url(gcs_emulator, key_file, monkeypatch, tmp_path):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    settings = load_settings(
+        {"data_dir": str(tmp_path), "storage_uri": f"gs://{gcs_emulator.bucket}/ttl"}, environ={"CUTOUT_RESULT_URL_TTL_S": "120"}
+    )
+    name = open_storage(settings).put("acme", PNG, {})
+    assert gcs_emulator.client().bucket(gcs_emulator.bucket).get_blob(name).cache_control == "private, max-age=120"
 
 
 class _Token:

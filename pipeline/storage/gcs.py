@@ -186,7 +186,8 @@ class GCSStorage(ResultStorage):
 
     Args:
         uri: ``gs://BUCKET/PREFIX``.
-        ttl_s: URL lifetime (deletion is the bucket's lifecycle rule, see cluster/gcs/).
+        ttl_s: URL lifetime, and how long a cache may keep a result (deletion is the
+            bucket's lifecycle rule, see cluster/gcs/).
         timeout_s: Timeout of one request to GCS.
         deadline_s: Deadline of an upload including the library's retries.
         signing: Signing credentials (default: :func:`choose_signer`).
@@ -233,7 +234,7 @@ class GCSStorage(ResultStorage):
         name = self._object_name(new_object_name(org, time.time() if now is None else now))
         blob = self.bucket.blob(name)
         blob.metadata = {k: str(v) for k, v in metadata.items() if v is not None}
-        blob.cache_control = "private, max-age=3600"
+        blob.cache_control = f"private, max-age={self.ttl_s}"  # no cache outlives the URL
         try:
             blob.upload_from_string(
                 png,

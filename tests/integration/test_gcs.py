@@ -54,8 +54,9 @@ def test_post_stores_in_gcs_with_a_verified_signed_url(gcs_service, gcs_emulator
     c = resp.json()["crop"]
     assert np.array_equal(out, alpha[c["top"] : c["top"] + c["height"], c["left"] : c["left"] + c["width"]])
     name = url.split(f"/{gcs_emulator.bucket}/")[1].split("?")[0]
-    meta = gcs_emulator.client().bucket(gcs_emulator.bucket).get_blob(name).metadata
-    assert meta["sku"] == "G-1" and meta["model"] == "u2netp" and meta["request_id"]
+    blob = gcs_emulator.client().bucket(gcs_emulator.bucket).get_blob(name)
+    assert blob.metadata["sku"] == "G-1" and blob.metadata["model"] == "u2netp" and blob.metadata["request_id"]
+    assert blob.cache_control == "private, max-age=12"  # caches keep it no longer than the URL lives
 
 
 def test_emulator_outage_gives_503_then_recovers(gcs_service, gcs_emulator):
