@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from ray import serve
@@ -34,10 +33,12 @@ class Uploader:
 
     async def _clean_forever(self, period_s: float) -> None:
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 removed = await asyncio.to_thread(self.finisher.cleanup)
                 if removed:
                     logger.info("deleted %d expired result files", removed)
+            except Exception:  # the next round tries again; the replica keeps serving
+                logger.exception("deleting expired results failed; next try in %.0f s", period_s)
             await asyncio.sleep(period_s)
 
     async def finish(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import time
 from urllib.parse import parse_qs, urlparse
@@ -43,3 +45,33 @@ def test_put_sign_read_expire_cleanup(tmp_path):
     assert st.cleanup(now=now + 5) == 0
     assert st.cleanup(now=time.time() + 11) == 2  # the PNG and its metadata
     assert not (tmp_path / "results" / n).exists()
+
+
+def test_uploader_logs_a_failed_cleanup_and_keeps_cleaning(tmp_path, caplog):
+    from deployments.uploader import Uploader, logger
+    from pipeline.settings import load_settings
+
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    calls = []
+
+    def failing_cleanup():
+        calls.append(time.monotonic())
+        raise PermissionError("results folder is read-only")
+
+    async def three_rounds():
+        uploader = Uploader.func_or_class(settings, moderator=None)
+        uploader._cleaner.cancel()
+        uploader.finisher.cleanup = failing_cleanup
+        cleaner = asyncio.create_task(uploader._clean_forever(0.01))
+        while len(calls) < 3 and not cleaner.done():
+            await asyncio.sleep(0.01)
+        cleaner.cancel()
+
+    logger.addHandler(caplog.handler)  # Serve's logger does not propagate to the root
+    try:
+        asyncio.run(asyncio.wait_for(three_rounds(), 10))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert len(calls) >= 3  # the loop outlives a failure
+    failures = [r for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info and r.exc_info[0] is PermissionError]
+    assert len(failures) >= 3, caplog.text
