@@ -27,20 +27,32 @@ class Emulator:
     bucket: str
     proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, deadline_s: float = 30.0) -> None:
+        """Start the server and wait until it answers (see :meth:`wait_ready`)."""
         self.proc = subprocess.Popen(
             [str(BIN / "gcp-storage-emulator"), "--data-dir", str(self.data_dir), "start", "--host", "127.0.0.1",
              "--port", str(self.port), "--default-bucket", self.bucket, "--quiet"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
+        self.wait_ready(deadline_s)
+
+    def wait_ready(self, deadline_s: float = 30.0, poll_s: float = 0.2) -> None:
+        """Poll ``host`` until it answers 200, sleeping ``poll_s`` after every other outcome.
+
+        Raises:
+            RuntimeError: When ``deadline_s`` passes first, or the server process has exited.
+        """
+        deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"gcp-storage-emulator exited with code {self.proc.returncode}")
             try:
                 if requests.get(self.host + "/", timeout=1).status_code == 200:
                     return
             except requests.RequestException:
-                time.sleep(0.2)
-        raise RuntimeError("gcp-storage-emulator did not start")
+                pass
+            time.sleep(poll_s)
+        raise RuntimeError(f"gcp-storage-emulator did not answer 200 within {deadline_s} s")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -339,6 +339,28 @@ def test_caches_keep_a_result_no_longer_than_its_url(gcs_emulator, key_file, mon
     assert gcs_emulator.client().bucket(gcs_emulator.bucket).get_blob(name).cache_control == "private, max-age=120"
 
 
+def test_emulator_wait_sleeps_between_failed_polls(tmp_path):
+    polls = []
+
+    class Failing(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            polls.append(time.monotonic())
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    with serve_http(Failing) as url:
+        emulator = Emulator(url, int(url.rsplit(":", 1)[1]), tmp_path, "unused")
+        started = time.monotonic()
+        with pytest.raises(RuntimeError, match="did not answer 200"):
+            emulator.wait_ready(deadline_s=1.0, poll_s=0.25)
+    assert time.monotonic() - started < 3
+    assert 1 <= len(polls) <= 1.0 / 0.25 + 1  # one poll per interval, not a busy loop
+
+
 class _Token:
     """Stands in for Workload Identity's ambient credentials (a token, no private key)."""
 
