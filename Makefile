@@ -25,8 +25,10 @@ serve: $(STAMP)
 	$(BIN)/cutout token init-local local
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/serve run serve_config.yaml
 
-## Run the whole test suite.
+## Lint and check the formatting (ruff, configured in pyproject.toml), then run the whole test suite.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
 
 ## Score cutout quality on ../shared/eval (IoU, MAE, boundary F, edge colour error).

@@ -6,7 +6,7 @@ file only wraps it, and a loopback image server, in session fixtures.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

@@ -41,7 +41,7 @@ def test_handle_cutout_from_a_separate_driver(service):
         [sys.executable, "-c", DRIVER, service.ray_address],
         input=b64(encode(im, "PNG")), capture_output=True, text=True, env=service.env, timeout=180,
     )
-    line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+    line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
     assert line, out.stdout[-2000:] + out.stderr[-3000:]
     result = json.loads(line[len("RESULT "):])
     ok = result["ok"]
