@@ -1,4 +1,4 @@
-"""The docs stay true: every test that a document cites exists."""
+"""The docs stay true: every test a document cites, and every file it links to, exists."""
 
 from __future__ import annotations
 
@@ -53,6 +53,13 @@ def test_docs_cite_existing_tests(doc):
 @pytest.mark.parametrize("doc,least", [("docs/security.md", 20), ("docs/api.md", 15)])
 def test_contract_docs_cite_their_tests(doc, least):
     assert len(CITATION.findall((ROOT / doc).read_text())) >= least
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_docs_link_to_existing_files(doc):
+    links = re.findall(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)", doc.read_text())  # relative links; URLs have a ':'
+    missing = [link for link in links if not (doc.parent / link).exists()]
+    assert missing == [], f"{doc.relative_to(ROOT)} links to files that do not exist"
 
 
 def test_checker_finds_bare_names_async_tests_and_missing_files(tmp_path):
