@@ -47,7 +47,7 @@ STAGES = ("decode", "model", "compose", "encode", "store")
 
 
 def images(limit: int) -> list[tuple[str, bytes]]:
-    from pipeline.evalsets import IMAGE_SUFFIXES, default_eval_dir
+    from pipeline.evaluation.evalsets import IMAGE_SUFFIXES, default_eval_dir
 
     folder = default_eval_dir() / "grabcut" / "images"
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
@@ -174,7 +174,7 @@ def synthetic_jpeg(megapixels: float) -> bytes:
     import numpy as np
     from PIL import Image
 
-    from pipeline.evalsets import default_eval_dir
+    from pipeline.evaluation.evalsets import default_eval_dir
 
     src = Image.open(default_eval_dir() / "grabcut" / "images" / "124080.jpg").convert("RGB")
     width = int(round((megapixels * 1e6 * src.width / src.height) ** 0.5))

@@ -30,8 +30,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline import evaluate  # noqa: E402
-from pipeline.evalsets import Sample  # noqa: E402
+from pipeline.evaluation import evaluate  # noqa: E402
+from pipeline.evaluation.evalsets import Sample  # noqa: E402
 from pipeline.segment import segmenter_from_settings  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
 

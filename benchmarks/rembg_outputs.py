@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from PIL import Image  # noqa: E402
 from rembg import new_session, remove  # noqa: E402
 
-from pipeline.evalsets import default_eval_dir, samples  # noqa: E402  (numpy + Pillow only)
+from pipeline.evaluation.evalsets import default_eval_dir, samples  # noqa: E402  (numpy + Pillow only)
 
 
 def main() -> int:

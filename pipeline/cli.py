@@ -1,4 +1,4 @@
-"""The ``cutout`` command: tokens and settings.
+"""The ``cutout`` command: tokens, settings and evaluation (:mod:`pipeline.evaluation.cli`).
 
     cutout token create ORG [--rpm N]  print a new token for ORG (alone on one line)
     cutout token revoke TOKEN_OR_ID    remove a token
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import tokens
+from pipeline.evaluation import cli as evaluation_cli
 from pipeline.settings import Settings, SettingsError, load_settings, settings_table
 
 APP_NAME = "product_cutout"
@@ -58,13 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("org", nargs="?", default="local")
     st = sub.add_parser("settings", help="print the settings table or check the current settings")
     st.add_argument("--check", action="store_true")
-    ev = sub.add_parser("eval", help="score the pipeline on images with ground truth")
-    ev.add_argument("--eval-dir", type=Path, default=None, help="default: ../shared/eval beside the checkout")
-    ev.add_argument("--set", choices=("grabcut", "composites", "all"), default="all")
-    ev.add_argument("--predictions", action="append", default=[], metavar="NAME=DIR", help="score another tool's RGBA outputs")
-    ev.add_argument("--limit", type=int, default=0, help="at most this many images per set (0: all)")
-    ev.add_argument("--pictures", type=Path, default=None, help="write side-by-side pictures (input | ours | predictions) here")
-    ev.add_argument("--picture-ids", default="grabcut/llama,grabcut/flower,grabcut/teddy,composite/lemur_cutout+beach,composite/shoe_tilt_2+0002")
+    evaluation_cli.add_arguments(sub.add_parser("eval", help="score the pipeline on images with ground truth"))
     args = parser.parse_args(argv)
 
     try:
@@ -80,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cutout: {exc}", file=sys.stderr)
         return 2
     if args.command == "eval":
-        return _eval(args, settings)
+        return evaluation_cli.run(args, settings)
     path = Path(settings.tokens_file or "")
     try:
         if args.action == "create":
@@ -98,56 +93,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cutout: {exc}", file=sys.stderr)
         return 2
     return 0
-
-
-def _eval(args: argparse.Namespace, settings: Settings) -> int:
-    import itertools
-
-    from pipeline import evalsets, evaluate
-    from pipeline.segment import segmenter_from_settings
-
-    root = args.eval_dir or evalsets.default_eval_dir()
-    if not root.is_dir():
-        print(f"cutout: no evaluation folder at {root}", file=sys.stderr)
-        return 2
-    try:
-        segmenter = segmenter_from_settings(settings)
-    except ValueError as exc:
-        print(f"cutout: {exc}", file=sys.stderr)
-        return 2
-    sets = ("grabcut", "composites") if args.set == "all" else (args.set,)
-    samples = itertools.chain.from_iterable(
-        itertools.islice(evalsets.samples(root, s), args.limit or None) for s in sets
-    )
-    predictions = dict(p.split("=", 1) for p in args.predictions)
-    if args.pictures:
-        _pictures(args, root, segmenter, evaluate.Config.from_settings("default", settings), predictions)
-    results = evaluate.evaluate(segmenter, samples, predictions={k: Path(v) for k, v in predictions.items()},
-                                progress=lambda sid: print(f"  {sid}", file=sys.stderr))
-    print(f"model: {segmenter.name} ({segmenter.engine} on {settings.segmenter_device}, {settings.segmenter_dtype}, "
-          f"{segmenter.input_size} px, {segmenter.threads} threads)\n")
-    print(evaluate.report(results))
-    return 0
-
-
-def _pictures(args: argparse.Namespace, root: Path, segmenter, config, predictions: dict[str, str]) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from pipeline import evalsets, evaluate
-
-    wanted = set(args.picture_ids.split(","))
-    args.pictures.mkdir(parents=True, exist_ok=True)
-    for sample in evalsets.samples(root):
-        if sample.id not in wanted:
-            continue
-        alpha, rgb = evaluate.run_pipeline(segmenter, sample, config)
-        panels = [(rgb, alpha)]
-        for folder in predictions.values():
-            out = np.asarray(Image.open(Path(folder) / (sample.id.replace("/", "__") + ".png")).convert("RGBA"))
-            panels.append((out[..., :3], out[..., 3]))
-        name = sample.id.replace("/", "__") + ".jpg"
-        evaluate.side_by_side(sample, panels).save(args.pictures / name, quality=90)
 
 
 def _init_local(settings: Settings, path: Path, org: str) -> int:

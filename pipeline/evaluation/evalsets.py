@@ -12,9 +12,9 @@ very same inputs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -49,7 +49,7 @@ class Sample:
 
 def default_eval_dir() -> Path:
     """``../shared/eval`` beside the checkout."""
-    return Path(__file__).resolve().parents[2] / "shared" / "eval"
+    return Path(__file__).resolve().parents[3] / "shared" / "eval"
 
 
 def grabcut(root: Path) -> Iterator[Sample]:

@@ -18,16 +18,17 @@ another tool's RGBA outputs (``DIR/<sample id with / replaced by __>.png``) the 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from pipeline import compose, imageio, refine
-from pipeline.evalsets import Sample
+from pipeline.evaluation.evalsets import Sample
 
 if TYPE_CHECKING:
     from pipeline.segment import Segmenter
