@@ -528,11 +528,11 @@ def overload_report(o: dict[str, Any]) -> str:
 def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
     import httpx
 
-    from pipeline.models.u2netp_weights import shipped_onnx_path
+    from pipeline.models.registry import get_spec
     from tests.harness import free_port
 
     port = free_port()
-    env = {**os.environ, "U2NET_HOME": str(shipped_onnx_path().parent), "OMP_NUM_THREADS": str(THREADS)}
+    env = {**os.environ, "U2NET_HOME": str(get_spec("u2netp").onnx.locate().parent), "OMP_NUM_THREADS": str(THREADS)}
     rembg = str(Path(python).parent / "rembg")
     proc = subprocess.Popen([rembg, "s", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--log_level", "warning"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,7 +4,7 @@ Run with the python of a throwaway virtualenv that has `rembg` installed, and U2
 pointing at the folder of the shipped u2netp.onnx (the same file our service uses), so rembg
 finds the model and downloads nothing:
 
-    U2NET_HOME=$(dirname $(.venv/bin/python -c 'from pipeline.models.u2netp_weights import shipped_onnx_path as p; print(p())')) \\
+    U2NET_HOME=$(dirname $(.venv/bin/python -c 'from pipeline.models.registry import get_spec; print(get_spec("u2netp").onnx.locate())')) \\
       /tmp/rembg-venv/bin/python benchmarks/rembg_outputs.py OUT_DIR [--alpha-matting]
 
 Outputs are uncropped RGBA PNGs named like the sample ids (`/` replaced by `__`). With

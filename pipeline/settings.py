@@ -236,7 +236,7 @@ class Settings(BaseModel):
             raise ValueError("segmenter_weights_uri needs segmenter_weights_sha256")
         if self.segmenter_dtype == "float16" and self.segmenter_device != "cuda":
             raise ValueError("segmenter_dtype float16 needs segmenter_device cuda")
-        from pipeline.segment import resolve_engine
+        from pipeline.engines import resolve_engine
 
         resolve_engine(self.segmenter_engine, self.segmenter_model, self.segmenter_device, self.segmenter_weights_uri,
                        self.segmenter_input_size, self.segmenter_dtype)

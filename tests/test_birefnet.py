@@ -32,9 +32,6 @@ import pytest
 import torch
 
 from pipeline.models.birefnet import (
-    INPUT_SIZE,
-    MEAN,
-    STD,
     BiRefNet,
     build_birefnet,
     image_patches,
@@ -104,10 +101,12 @@ def lite() -> BiRefNet:
     return BiRefNet("swin_t").eval()
 
 
-def test_preprocessing_constants_match_the_registry():
+def test_the_records_feed_the_weights_as_the_reference_does():
+    # the reference's config.py: 1024 x 1024, [0, 1] pixels, ImageNet mean and std
+    imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     for name in ("birefnet-general", "birefnet-lite", "rmbg-2.0"):
         spec = get_spec(name)
-        assert (spec.input_size, spec.mean, spec.std, spec.normalisation) == (INPUT_SIZE, MEAN, STD, "unit")
+        assert (spec.input_size, (spec.mean, spec.std), spec.normalisation) == (1024, imagenet, "unit")
 
 
 def test_registry_builds_each_variant_and_refuses_an_unknown_one():

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.isnet import INPUT_SIZE, MEAN, STD, ISNetDIS
+from pipeline.models.isnet import ISNetDIS
+from pipeline.models.registry import get_spec
 from tests.deterministic import deterministic_state
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -73,8 +74,11 @@ def model() -> ISNetDIS:
     return ISNetDIS().eval()
 
 
-def test_constants_are_those_of_isnet_general_use():
-    assert INPUT_SIZE == 1024 and MEAN == (0.5, 0.5, 0.5) and STD == (1.0, 1.0, 1.0)
+def test_the_records_feed_the_weights_as_dis_does():
+    # IS-Net/Inference.py: 1024 x 1024, [0, 1] pixels, mean 0.5 and std 1.0 (RMBG-1.4 the same)
+    for name in ("isnet-general-use", "rmbg-1.4"):
+        spec = get_spec(name)
+        assert (spec.input_size, spec.mean, spec.std, spec.normalisation) == (1024, (0.5, 0.5, 0.5), (1.0, 1.0, 1.0), "unit")
 
 
 def test_random_weights_forward_shapes_batch_and_odd_sizes(model):

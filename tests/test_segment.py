@@ -8,7 +8,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from pipeline.segment import Segmenter, resolve_engine, split_threads
+from pipeline.engines import Engine, resolve_engine
+from pipeline.segment import Segmenter, split_threads
 from pipeline.settings import load_settings
 from tests.images import eval_image
 
@@ -50,6 +51,16 @@ def test_a_cpu_batch_is_spread_over_the_threads(images, threads, expected):
 def engines(tmp_path_factory):
     cache = tmp_path_factory.mktemp("weights")
     return {e: Segmenter("u2netp", "cpu", cache, threads=2, engine=e) for e in ("torch", "onnxruntime")}
+
+
+@pytest.mark.parametrize("name", ["torch", "onnxruntime"])
+def test_each_engine_keeps_the_engine_contract(engines, name):
+    runner = engines[name]._runner
+    assert isinstance(runner, Engine) and runner.name == name and runner.device_type == "cpu"
+    batch = np.random.default_rng(0).integers(0, 256, (2, 320, 320, 3), dtype=np.uint8)
+    out = runner.run(batch, 1)
+    assert out.shape == (2, 320, 320) and out.dtype == np.float32
+    assert not np.isnan(out).any() and 0.0 <= out.min() and out.max() <= 1.0
 
 
 def _photos() -> np.ndarray:

@@ -9,16 +9,24 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.models.u2netp import INPUT_SIZE, MEAN, STD, U2NetP, preprocess
-from pipeline.models.u2netp_weights import U2NETP_ONNX_SHA256, load_u2netp, sha256_of, shipped_onnx_path
+from pipeline.engines.torch_engine import fuse_conv_bn
+from pipeline.models.registry import get_spec
+from pipeline.models.u2netp import U2NetP
+from pipeline.models.u2netp_weights import load_u2netp
+from pipeline.models.weights import WeightsError, sha256_of
 from tests.images import eval_image
 
 PHOTOS = ["banana1.png", "person1.jpg", "106024.jpg", "teddy.jpg", "scissors.JPG"]
+SPEC = get_spec("u2netp")
+
+
+def preprocess(batch: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(SPEC.normalise(batch))
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return load_u2netp(tmp_path_factory.mktemp("weights"))
+    return load_u2netp(SPEC, tmp_path_factory.mktemp("weights"))
 
 
 def test_random_weights_forward_shapes():
@@ -31,15 +39,19 @@ def test_random_weights_forward_shapes():
     assert not torch.isnan(y).any() and y.min() >= 0 and y.max() <= 1
 
 
-def test_preprocess_matches_rembg_normalisation_and_never_nan():
+def test_the_record_normalises_as_rembg_does_and_never_gives_nan():
+    # rembg's u2netp session: each image over its own maximum, then the ImageNet mean and std
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    assert (SPEC.input_size, SPEC.mean, SPEC.std, SPEC.normalisation) == (320, mean, std, "image_max")
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 200, (2, 8, 8, 3), dtype=np.uint8)
-    x = preprocess(batch).numpy()
+    x = SPEC.normalise(batch)
+    assert x.dtype == np.float32 and x.shape == (2, 3, 8, 8)
     for i in range(2):
         im = batch[i] / np.max(batch[i])
-        ref = np.stack([(im[..., c] - MEAN[c]) / STD[c] for c in range(3)])
+        ref = np.stack([(im[..., c] - mean[c]) / std[c] for c in range(3)])
         assert np.allclose(x[i], ref, atol=1e-6)
-    assert not np.isnan(preprocess(np.zeros((1, 4, 4, 3), np.uint8)).numpy()).any()
+    assert not np.isnan(SPEC.normalise(np.zeros((1, 4, 4, 3), np.uint8))).any()
 
 
 @pytest.mark.usefixtures("eval_dir")
@@ -48,9 +60,9 @@ def test_torch_model_equals_onnxruntime_on_real_photos(model):
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(shipped_onnx_path()), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(SPEC.onnx.locate()), options, providers=["CPUExecutionProvider"])
     for name in PHOTOS:
-        im = Image.open(eval_image(name)).convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), Image.LANCZOS)
+        im = Image.open(eval_image(name)).convert("RGB").resize((SPEC.input_size, SPEC.input_size), Image.LANCZOS)
         x = preprocess(np.asarray(im)[None])
         reference = session.run(None, {session.get_inputs()[0].name: x.numpy()})
         with torch.inference_mode():
@@ -63,23 +75,21 @@ def test_torch_model_equals_onnxruntime_on_real_photos(model):
 
 
 def test_weights_cached_once_and_hash_checked(tmp_path):
-    load_u2netp(tmp_path)
+    load_u2netp(SPEC, tmp_path)
     cached = list(tmp_path.glob("u2netp-*.safetensors"))
-    assert len(cached) == 1 and cached[0].name == f"u2netp-{U2NETP_ONNX_SHA256[:12]}.safetensors"
+    assert len(cached) == 1 and cached[0].name == f"u2netp-{SPEC.onnx.sha256[:12]}.safetensors"
     stamp = os.stat(cached[0]).st_mtime_ns
-    load_u2netp(tmp_path)
+    load_u2netp(SPEC, tmp_path)
     assert os.stat(cached[0]).st_mtime_ns == stamp  # reused, not converted again
     bad = tmp_path / "u2netp.onnx"
-    bad.write_bytes(shipped_onnx_path().read_bytes() + b"\0")
-    assert sha256_of(bad) != U2NETP_ONNX_SHA256
-    with pytest.raises(ValueError, match="sha256"):
-        load_u2netp(tmp_path / "other", onnx_path=bad)
+    bad.write_bytes(SPEC.onnx.locate().read_bytes() + b"\0")
+    assert sha256_of(bad) != SPEC.onnx.sha256
+    with pytest.raises(WeightsError, match="sha256"):
+        load_u2netp(SPEC, tmp_path / "other", onnx_path=bad)
 
 
 def test_fused_channels_last_inference_keeps_the_outputs(model):
     import copy
-
-    from pipeline.segment import fuse_conv_bn
 
     x = preprocess(np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8))
     with torch.inference_mode():

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 
-from pipeline.models.registry import REGISTRY, get_spec
+from pipeline.models.registry import REGISTRY, PackagedFile, get_spec
 from pipeline.models.u2netp import U2NetP
-from pipeline.models.weights import WeightsError, fetch_weights, load_model, read_state_dict
+from pipeline.models.weights import WeightsError, fetch_weights, load_model, read_state_dict, verified_packaged_file
 
 
 def sha(data: bytes) -> str:
@@ -47,6 +48,35 @@ def test_registry_records_are_complete():
     assert set(REGISTRY) >= {"u2netp", "birefnet-general", "birefnet-lite", "isnet-general-use"}
     with pytest.raises(ValueError, match="CUTOUT_SEGMENTER_MODEL"):
         get_spec("nope")
+
+
+def test_every_default_weights_source_resolves():
+    for spec in REGISTRY.values():
+        if spec.weights_uri is not None:  # what fetch_weights takes: gs://, https:// or a file, with its hash
+            assert spec.sha256, spec.name
+            assert spec.weights_uri.startswith(("gs://", "https://")) or Path(spec.weights_uri).is_file(), spec.name
+        if spec.onnx is not None:
+            assert verified_packaged_file(spec.onnx).is_file(), spec.name
+            assert spec.loader, f"{spec.name}: shipped ONNX weights need a loader for PyTorch"
+    assert get_spec("u2netp").onnx is not None
+
+
+def test_a_missing_package_names_what_to_install():
+    missing = PackagedFile("no_such_package_here", "model.onnx", "some-distribution", "0" * 64)
+    with pytest.raises(FileNotFoundError, match="some-distribution"):
+        missing.locate()
+
+
+def load_marker(spec, cache_dir):
+    return ("loaded by the record", spec.name, cache_dir)
+
+
+def test_a_records_own_loader_gives_its_default_weights_and_a_configured_uri_bypasses_it(checkpoint, tmp_path):
+    spec = dataclasses.replace(get_spec("u2netp"), loader=f"{__name__}:load_marker")
+    assert load_model(spec, None, None, tmp_path) == ("loaded by the record", "u2netp", tmp_path)
+    path, model = checkpoint
+    loaded = load_model(spec, str(path), sha(path.read_bytes()), tmp_path)
+    assert torch.equal(loaded.state_dict()["outconv.weight"], model.state_dict()["outconv.weight"])
 
 
 def test_loads_a_published_layout_checkpoint_from_a_path(checkpoint, tmp_path):

@@ -38,9 +38,9 @@ strictly, but inference never runs them: the multi-scale supervision convolution
 (``conv_ms_spvn_N``) and the gradient predictors (``gdt_convs_pred_N``).
 
 Every operation works per sample, so any batch size is accepted. Height and width must be
-multiples of ``SIZE_MULTIPLE`` (the patch grids divide the image exactly). The published
-weights expect ``INPUT_SIZE`` x ``INPUT_SIZE`` RGB scaled to [0, 1] and normalised with
-``MEAN`` and ``STD``.
+multiples of ``SIZE_MULTIPLE`` (the patch grids divide the image exactly). The input size and
+normalisation the published weights expect are in their records in
+:mod:`pipeline.models.registry` (``birefnet-general``, ``birefnet-lite``, ``rmbg-2.0``).
 """
 
 from __future__ import annotations
@@ -53,9 +53,6 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
 
-INPUT_SIZE = 1024
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 SIZE_MULTIPLE = 32
 
 _PUBLISHED_PREFIXES = ("module.", "_orig_mod.")

@@ -14,8 +14,8 @@ the input size and passed through a sigmoid. The first side output is the predic
 
 Every operation works per sample, so any batch size and any input height and width are
 accepted (pooling rounds up and every upsampling targets the exact size of the skip
-feature). The published weights expect ``INPUT_SIZE`` x ``INPUT_SIZE`` RGB inputs scaled
-to [0, 1] and normalised with ``MEAN`` and ``STD``.
+feature). The input size and normalisation the published weights expect are in their
+records in :mod:`pipeline.models.registry` (``isnet-general-use``, ``rmbg-1.4``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,6 @@ import torch
 from torch import nn
 
 from pipeline.models.rsu import RSU, RSU4F, halve, resize_to
-
-INPUT_SIZE = 1024
-MEAN = (0.5, 0.5, 0.5)
-STD = (1.0, 1.0, 1.0)
 
 
 class ISNetDIS(nn.Module):

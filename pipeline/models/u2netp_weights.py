@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.models.registry import ModelSpec
 from pipeline.models.u2netp import U2NetP
-from pipeline.models.weights import U2NETP_ONNX_SHA256, sha256_of, shipped_onnx_path  # noqa: F401 (re-exported)
+from pipeline.models.weights import verified_packaged_file
+
 
 def _convs_in_execution_order(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
     names = {m: n for n, m in model.named_modules()}
@@ -77,24 +79,23 @@ def state_dict_from_onnx(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_u2netp(cache_dir: Path, onnx_path: Path | None = None) -> U2NetP:
-    """The model with the shipped weights, converted once and cached as safetensors.
+def load_u2netp(spec: ModelSpec, cache_dir: Path, onnx_path: Path | None = None) -> U2NetP:
+    """The model with the record's shipped ONNX weights, converted once and cached as
+    safetensors (the ``loader`` of the ``u2netp`` record).
 
     Args:
+        spec: The registry record; its ``onnx`` names the file and its SHA-256.
         cache_dir: Folder for the converted weights.
-        onnx_path: The ONNX file (default: the shipped one).
+        onnx_path: A file standing in for the shipped one (its SHA-256 is checked all the same).
 
     Raises:
-        ValueError: If the ONNX file's SHA-256 is not the pinned one.
+        WeightsError: If the ONNX file's SHA-256 is not the record's.
     """
     from safetensors.torch import load_file, save_file
 
-    onnx_path = Path(onnx_path) if onnx_path else shipped_onnx_path()
-    actual = sha256_of(onnx_path)
-    if actual != U2NETP_ONNX_SHA256:
-        raise ValueError(f"{onnx_path}: sha256 {actual} is not the expected {U2NETP_ONNX_SHA256}")
+    onnx_path = verified_packaged_file(spec.onnx, onnx_path)
     cache_dir = Path(cache_dir)
-    cached = cache_dir / f"u2netp-{actual[:12]}.safetensors"
+    cached = cache_dir / f"{spec.name}-{spec.onnx.sha256[:12]}.safetensors"
     if not cached.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         state = state_dict_from_onnx(onnx_path)

