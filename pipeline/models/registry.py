@@ -66,16 +66,14 @@ class ModelSpec:
         mean: Per-channel mean subtracted after scaling to [0, 1].
         std: Per-channel standard deviation.
         normalisation: ``image_max`` divides each image by its own maximum (U²-Net), ``unit`` by 255.
-        weights_uri: Default weights to download (local path, ``gs://`` or ``https://``), or None
-            when they are shipped (``onnx``) or the operator must configure them.
-        sha256: Hex SHA-256 of ``weights_uri``.
-        key_map: ``module:callable`` mapping a published state dict onto ours, or None.
+        key_map: ``module:callable`` mapping a published state dict (the weights an operator
+            configures) onto ours, or None.
         licence: Licence of the published weights (the code here is Apache-2.0).
-        onnx: The default weights as an ONNX export shipped in an installed package: what the
-            onnxruntime engine runs, and what ``loader`` converts for PyTorch. None if there is none.
-        loader: ``module:callable(spec, cache_dir)`` returning the model with its default weights,
-            for defaults that are not a plain state dict (``onnx``); None: ``weights_uri`` is
-            loaded as a state dict.
+        onnx: The default weights, an ONNX export shipped in an installed package: what the
+            onnxruntime engine runs and what ``loader`` converts for PyTorch. None: no weights
+            ship, the operator configures them (``CUTOUT_SEGMENTER_WEIGHTS_URI``).
+        loader: ``module:callable(spec, cache_dir)`` returning the model with the default
+            weights (those of ``onnx``), or None.
     """
 
     name: str
@@ -86,8 +84,6 @@ class ModelSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     normalisation: Normalisation
-    weights_uri: str | None
-    sha256: str | None
     key_map: str | None
     licence: str
     onnx: PackagedFile | None = None
@@ -148,8 +144,6 @@ def _birefnet(name: str, variant: str, patch_order: str, licence: str) -> ModelS
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         normalisation="unit",
-        weights_uri=None,
-        sha256=None,
         key_map="pipeline.models.birefnet:map_published_keys",
         licence=licence,
     )
@@ -167,8 +161,6 @@ def _isnet(name: str, licence: str) -> ModelSpec:
         mean=(0.5, 0.5, 0.5),
         std=(1.0, 1.0, 1.0),
         normalisation="unit",
-        weights_uri=None,
-        sha256=None,
         key_map=None,
         licence=licence,
     )
@@ -184,8 +176,6 @@ _SPECS = [
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         normalisation="image_max",
-        weights_uri=None,
-        sha256=None,
         key_map=None,
         licence="Apache-2.0 (U-2-Net)",
         onnx=PackagedFile(

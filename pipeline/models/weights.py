@@ -158,8 +158,8 @@ def read_state_dict(path: Path) -> dict[str, Any]:
 def load_model(spec: ModelSpec, weights_uri: str | None, sha256: str | None, cache_dir: Path) -> Any:
     """Build ``spec``'s architecture and load its weights (strict: every key, every shape).
 
-    The default weights come through the record's own loader when it has one (the shipped
-    U²-Net-p ONNX file, converted), else from its ``weights_uri``.
+    Without ``weights_uri`` the record's default weights come through its own loader (the
+    shipped U²-Net-p ONNX file, converted).
 
     Args:
         spec: The registry record.
@@ -170,15 +170,14 @@ def load_model(spec: ModelSpec, weights_uri: str | None, sha256: str | None, cac
     Raises:
         WeightsError: Naming the setting, for any problem with the weights.
     """
-    if not weights_uri and spec.loader:
-        return spec.load_default(Path(cache_dir))
-    uri = weights_uri or spec.weights_uri
-    if not uri:
+    if not weights_uri:
+        if spec.loader:
+            return spec.load_default(Path(cache_dir))
         raise WeightsError(
             f"CUTOUT_SEGMENTER_WEIGHTS_URI: model {spec.name!r} ships no weights here; "
             "set a path, gs:// or https:// URI and CUTOUT_SEGMENTER_WEIGHTS_SHA256"
         )
-    path = fetch_weights(uri, (sha256 if weights_uri else spec.sha256) or "", Path(cache_dir))
+    path = fetch_weights(weights_uri, sha256 or "", Path(cache_dir))
     model = spec.build()
     state = spec.map_keys(read_state_dict(path))
     try:
