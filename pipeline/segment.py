@@ -84,7 +84,8 @@ class Segmenter:
         # same few threads run every forward.
         self._workers = (
             concurrent.futures.ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="forward")
-            if self.device_type == "cpu" else None
+            if self.device_type == "cpu"
+            else None
         )
 
     def warm_up(self, batch_size: int) -> None:
@@ -108,7 +109,9 @@ class Segmenter:
         """
         if self._workers is None:
             return self._runner.run(batch, 0)
-        parts = [self._workers.submit(self._runner.run, batch[rows], share) for rows, share in split_threads(len(batch), self.threads)]
+        parts = [
+            self._workers.submit(self._runner.run, batch[rows], share) for rows, share in split_threads(len(batch), self.threads)
+        ]
         return np.concatenate([p.result() for p in parts]).astype(np.float32, copy=False)
 
 

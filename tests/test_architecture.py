@@ -77,7 +77,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == "open":
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         stack.pop()
@@ -91,7 +91,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_the_cycle_finder_sees_function_level_and_relative_imports():
-    code = "import os\n\ndef f():\n    from pipeline.a import b\n    from . import c\n\nif TYPE_CHECKING:\n    import pipeline.d\n"
+    code = (
+        "import os\n\ndef f():\n    from pipeline.a import b\n    from . import c\n\nif TYPE_CHECKING:\n    import pipeline.d\n"
+    )
     assert imported_names(ast.parse(code), "pipeline.x", False) >= {"pipeline.a", "pipeline.a.b", "pipeline.c"}
     assert "pipeline.d" not in imported_names(ast.parse(code), "pipeline.x", False)
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]

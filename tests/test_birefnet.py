@@ -237,4 +237,3 @@ def test_own_checkpoint_loads_through_the_registry_and_a_wrong_hash_is_refused(l
         assert torch.equal(value, saved[key]), key
     with pytest.raises(WeightsError, match="CUTOUT_SEGMENTER_WEIGHTS_SHA256"):
         load_model(get_spec("birefnet-lite"), str(path), "0" * 64, tmp_path / "cache")
-

@@ -89,15 +89,28 @@ def test_cutout_eval_runs_the_segmenter_the_settings_describe_at_its_input_size(
 def test_the_factory_passes_every_segmenter_setting(built, tmp_path):
     uri, sha = str(tmp_path / "w.safetensors"), "ab" * 32
     settings = load_settings(
-        {"data_dir": str(tmp_path), "segmenter_model": "isnet-general-use", "segmenter_weights_uri": uri,
-         "segmenter_weights_sha256": sha, "segmenter_dtype": "bfloat16", "segmenter_input_size": 512},
+        {
+            "data_dir": str(tmp_path),
+            "segmenter_model": "isnet-general-use",
+            "segmenter_weights_uri": uri,
+            "segmenter_weights_sha256": sha,
+            "segmenter_dtype": "bfloat16",
+            "segmenter_input_size": 512,
+        },
         environ={},
     )
     segment.segmenter_from_settings(settings, cpus=5)
     segment.segmenter_from_settings(settings.model_copy(update={"torch_threads": 2}), cpus=5)
     first, second = built
     assert first.args == {
-        "model": "isnet-general-use", "device": "cpu", "cache_dir": settings.model_cache_dir, "threads": 5,
-        "weights_uri": uri, "weights_sha256": sha, "dtype": "bfloat16", "engine": "auto", "input_size": 512,
+        "model": "isnet-general-use",
+        "device": "cpu",
+        "cache_dir": settings.model_cache_dir,
+        "threads": 5,
+        "weights_uri": uri,
+        "weights_sha256": sha,
+        "dtype": "bfloat16",
+        "engine": "auto",
+        "input_size": 512,
     }
     assert second.args["threads"] == 2  # CUTOUT_TORCH_THREADS wins over the CPUs given

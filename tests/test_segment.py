@@ -28,13 +28,15 @@ def test_onnxruntime_where_it_cannot_run_is_refused_at_startup_naming_the_settin
     with pytest.raises(ValueError, match="CUTOUT_SEGMENTER_ENGINE"):
         resolve_engine("onnxruntime", "isnet-general-use", "cpu", None, 0, "float32")
     with pytest.raises(Exception, match="CUTOUT_SEGMENTER_ENGINE"):
-        load_settings({"data_dir": str(tmp_path)}, environ={"CUTOUT_SEGMENTER_ENGINE": "onnxruntime", "CUTOUT_SEGMENTER_INPUT_SIZE": "512"})
+        load_settings(
+            {"data_dir": str(tmp_path)}, environ={"CUTOUT_SEGMENTER_ENGINE": "onnxruntime", "CUTOUT_SEGMENTER_INPUT_SIZE": "512"}
+        )
 
 
 @pytest.mark.parametrize(
     ("images", "threads", "expected"),
     [
-        (1, 2, [(0, 1, 2)]),            # a lone image gets every thread
+        (1, 2, [(0, 1, 2)]),  # a lone image gets every thread
         (2, 2, [(0, 1, 1), (1, 2, 1)]),  # two side by side, one thread each
         (4, 2, [(0, 2, 1), (2, 4, 1)]),
         (3, 4, [(0, 1, 2), (1, 2, 1), (2, 3, 1)]),

@@ -59,8 +59,11 @@ def resolve_engine(engine: str, model: str, device: str, weights_uri: str | None
     """
     spec = get_spec(model)
     fits = (
-        spec.onnx is not None and not weights_uri and device == "cpu"
-        and input_size in (0, spec.input_size) and dtype == "float32"
+        spec.onnx is not None
+        and not weights_uri
+        and device == "cpu"
+        and input_size in (0, spec.input_size)
+        and dtype == "float32"
     )
     if engine == "auto":
         return "onnxruntime" if fits else "torch"

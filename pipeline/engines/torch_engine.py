@@ -72,9 +72,7 @@ class TorchEngine:
         """See :meth:`pipeline.engines.Engine.run`."""
         if self.device_type == "cpu":
             torch.set_num_threads(threads)  # this worker's OpenMP team (a per-thread setting)
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else contextlib.nullcontext()
-        )
+        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype != torch.float32 else contextlib.nullcontext()
         with torch.inference_mode():
             x = torch.from_numpy(self.spec.normalise(batch)).to(self.device).to(memory_format=torch.channels_last)
             with autocast:

@@ -22,10 +22,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cutout eval``."""
     parser.add_argument("--eval-dir", type=Path, default=None, help="default: ../shared/eval beside the checkout")
     parser.add_argument("--set", choices=("grabcut", "composites", "all"), default="all")
-    parser.add_argument("--predictions", action="append", default=[], metavar="NAME=DIR", help="score another tool's RGBA outputs")
+    parser.add_argument(
+        "--predictions", action="append", default=[], metavar="NAME=DIR", help="score another tool's RGBA outputs"
+    )
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per set (0: all)")
-    parser.add_argument("--pictures", type=Path, default=None, help="write side-by-side pictures (input | ours | predictions) here")
-    parser.add_argument("--picture-ids", default="grabcut/llama,grabcut/flower,grabcut/teddy,composite/lemur_cutout+beach,composite/shoe_tilt_2+0002")
+    parser.add_argument(
+        "--pictures", type=Path, default=None, help="write side-by-side pictures (input | ours | predictions) here"
+    )
+    parser.add_argument(
+        "--picture-ids",
+        default="grabcut/llama,grabcut/flower,grabcut/teddy,composite/lemur_cutout+beach,composite/shoe_tilt_2+0002",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,16 +52,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"cutout: {exc}", file=sys.stderr)
         return 2
     sets = ("grabcut", "composites") if args.set == "all" else (args.set,)
-    samples = itertools.chain.from_iterable(
-        itertools.islice(evalsets.samples(root, s), args.limit or None) for s in sets
-    )
+    samples = itertools.chain.from_iterable(itertools.islice(evalsets.samples(root, s), args.limit or None) for s in sets)
     predictions = dict(p.split("=", 1) for p in args.predictions)
     if args.pictures:
         _pictures(args, root, segmenter, evaluate.Config.from_settings("default", settings), predictions)
-    results = evaluate.evaluate(segmenter, samples, predictions={k: Path(v) for k, v in predictions.items()},
-                                progress=lambda sid: print(f"  {sid}", file=sys.stderr))
-    print(f"model: {segmenter.name} ({segmenter.engine} on {settings.segmenter_device}, {settings.segmenter_dtype}, "
-          f"{segmenter.input_size} px, {segmenter.threads} threads)\n")
+    results = evaluate.evaluate(
+        segmenter,
+        samples,
+        predictions={k: Path(v) for k, v in predictions.items()},
+        progress=lambda sid: print(f"  {sid}", file=sys.stderr),
+    )
+    print(
+        f"model: {segmenter.name} ({segmenter.engine} on {settings.segmenter_device}, {settings.segmenter_dtype}, "
+        f"{segmenter.input_size} px, {segmenter.threads} threads)\n"
+    )
     print(evaluate.report(results))
     return 0
 

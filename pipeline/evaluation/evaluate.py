@@ -48,8 +48,13 @@ class Config:
     @classmethod
     def from_settings(cls, name: str, settings: Settings) -> Config:
         """The configuration the service runs with ``settings``."""
-        return cls(name, refine_edges=settings.refine_edges, refine_foreground=settings.refine_foreground,
-                   cutoff=settings.segmenter_alpha_cutoff, min_confidence=settings.segmenter_min_confidence)
+        return cls(
+            name,
+            refine_edges=settings.refine_edges,
+            refine_foreground=settings.refine_foreground,
+            cutoff=settings.segmenter_alpha_cutoff,
+            min_confidence=settings.segmenter_min_confidence,
+        )
 
 
 CONFIGS = (
@@ -139,8 +144,13 @@ def run_pipeline(segmenter: Segmenter, sample: Sample, config: Config) -> tuple[
     return alpha, rgb
 
 
-def evaluate(segmenter: Segmenter, samples: Iterable[Sample], configs: Iterable[Config] = CONFIGS, predictions: dict[str, Path] | None = None,
-             progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Scores]]:
+def evaluate(
+    segmenter: Segmenter,
+    samples: Iterable[Sample],
+    configs: Iterable[Config] = CONFIGS,
+    predictions: dict[str, Path] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Scores]]:
     """Scores per configuration (and per external prediction folder), split by set."""
     configs = list(configs)
     results: dict[str, dict[str, Scores]] = {}
@@ -149,7 +159,9 @@ def evaluate(segmenter: Segmenter, samples: Iterable[Sample], configs: Iterable[
         for config in configs:
             started = time.perf_counter()
             alpha, rgb = run_pipeline(segmenter, sample, config)
-            results.setdefault(subset, {}).setdefault(config.name, Scores()).add(sample, alpha, rgb, time.perf_counter() - started)
+            results.setdefault(subset, {}).setdefault(config.name, Scores()).add(
+                sample, alpha, rgb, time.perf_counter() - started
+            )
         for name, folder in (predictions or {}).items():
             path = Path(folder) / (sample.id.replace("/", "__") + ".png")
             if not path.exists():
@@ -176,8 +188,9 @@ def on_checkerboard(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return (rgb.astype(np.float32) * a + board * (1 - a) + 0.5).astype(np.uint8)
 
 
-def side_by_side(sample: Sample, panels: list[tuple[np.ndarray, np.ndarray]], height: int = 320,
-                 labels: list[str] | None = None) -> Image.Image:
+def side_by_side(
+    sample: Sample, panels: list[tuple[np.ndarray, np.ndarray]], height: int = 320, labels: list[str] | None = None
+) -> Image.Image:
     """Input, then each (rgb, alpha) result on a checkerboard, scaled to one height; with
     ``labels`` (one per tile, the input's first) a caption strip above each tile."""
     from PIL import ImageDraw

@@ -90,9 +90,7 @@ def resize_to(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tens
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
 
 
-def image_patches(
-    image: torch.Tensor, size: tuple[int, int] | torch.Size, order: PatchOrder = "current"
-) -> torch.Tensor:
+def image_patches(image: torch.Tensor, size: tuple[int, int] | torch.Size, order: PatchOrder = "current") -> torch.Tensor:
     """Cuts images into a grid of ``size`` patches stacked on the channel axis.
 
     The reference changed the order in its commit 5198d3f (2024-11-05). Weights trained
@@ -297,9 +295,7 @@ class SwinStage(nn.Module):
     def __init__(self, dim: int, depth: int, num_heads: int, window: int, downsample: bool) -> None:
         super().__init__()
         self.window = window
-        self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2) for i in range(depth)
-        )
+        self.blocks = nn.ModuleList(SwinBlock(dim, num_heads, window, 0 if i % 2 == 0 else window // 2) for i in range(depth))
         self.downsample = PatchMerging(dim) if downsample else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -629,10 +625,7 @@ class BiRefNet(nn.Module):
         """
         h, w = x.shape[2:]
         half = F.interpolate(x, size=(h // 2, w // 2), mode="bilinear", align_corners=True)
-        features = [
-            torch.cat((full, resize_to(small, full.shape[2:])), 1)
-            for full, small in zip(self.bb(x), self.bb(half))
-        ]
+        features = [torch.cat((full, resize_to(small, full.shape[2:])), 1) for full, small in zip(self.bb(x), self.bb(half))]
         deepest = features[3]
         context = [resize_to(f, deepest.shape[2:]) for f in features[:3]]
         features[3] = self.squeeze_module(torch.cat((*context, deepest), 1))
@@ -700,6 +693,6 @@ def map_published_keys(state: dict[str, Any]) -> dict[str, Any]:
             stripped = False
             for prefix in _PUBLISHED_PREFIXES:
                 if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
+                    key, stripped = key[len(prefix) :], True
         mapped[key] = value
     return mapped

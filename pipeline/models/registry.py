@@ -134,6 +134,7 @@ def _resolve(path: str) -> Callable[..., Any]:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
 def _birefnet(name: str, variant: str, patch_order: str, licence: str) -> ModelSpec:
     return ModelSpec(
         name=name,

@@ -48,10 +48,7 @@ class U2NetP(nn.Module):
         hx2d = self.stage2d(torch.cat((resize_to(hx3d, hx2), hx2), 1))
         hx1d = self.stage1d(torch.cat((resize_to(hx2d, hx1), hx1), 1))
         d1 = self.side1(hx1d)
-        sides = [d1] + [
-            resize_to(getattr(self, f"side{i}")(h), d1)
-            for i, h in zip(range(2, 7), (hx2d, hx3d, hx4d, hx5d, hx6))
-        ]
+        sides = [d1] + [resize_to(getattr(self, f"side{i}")(h), d1) for i, h in zip(range(2, 7), (hx2d, hx3d, hx4d, hx5d, hx6))]
         d0 = self.outconv(torch.cat(sides, 1))
         return [d0, *sides]
 

@@ -69,7 +69,7 @@ def _atomic_download(cache_dir: Path, name: str, write: Any) -> Path:
 def _download_gs(uri: str, cache_dir: Path, name: str) -> Path:
     from pipeline.storage.gcs import storage_client
 
-    bucket_name, _, blob_name = uri[len("gs://"):].partition("/")
+    bucket_name, _, blob_name = uri[len("gs://") :].partition("/")
     if not bucket_name or not blob_name:
         raise WeightsError(f"CUTOUT_SEGMENTER_WEIGHTS_URI: {uri!r} is not gs://BUCKET/OBJECT")
     blob = storage_client().bucket(bucket_name).blob(blob_name)
@@ -108,7 +108,11 @@ def fetch_weights(uri: str, sha256: str, cache_dir: Path) -> Path:
         if cached.exists() and sha256_of(cached) == sha256:
             return cached
         try:
-            path = _download_gs(uri, Path(cache_dir), cached.name) if uri.startswith("gs://") else _download_https(uri, Path(cache_dir), cached.name)
+            path = (
+                _download_gs(uri, Path(cache_dir), cached.name)
+                if uri.startswith("gs://")
+                else _download_https(uri, Path(cache_dir), cached.name)
+            )
         except WeightsError:
             raise
         except Exception as exc:
@@ -146,7 +150,9 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for anything but plain tensors and containers
-        raise WeightsError(f"CUTOUT_SEGMENTER_WEIGHTS_URI: {path.name} is not a safetensors file or a weights-only checkpoint ({type(exc).__name__})") from None
+        raise WeightsError(
+            f"CUTOUT_SEGMENTER_WEIGHTS_URI: {path.name} is not a safetensors file or a weights-only checkpoint ({type(exc).__name__})"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
