@@ -32,9 +32,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import psutil
 
@@ -130,7 +131,9 @@ def bench_model(stages: Stages, data: list[tuple[str, bytes]], batch_sizes: tupl
     inputs = np.stack([stages.loader.decode(raw, "file", False).model_input for _, raw in data])
     segmenters = [stages.segmenter]
     if stages.segmenter.engine != "torch":
-        segmenters.append(Segmenter(stages.settings.segmenter_model, "cpu", stages.settings.model_cache_dir, THREADS, engine="torch"))
+        segmenters.append(
+            Segmenter(stages.settings.segmenter_model, "cpu", stages.settings.model_cache_dir, THREADS, engine="torch")
+        )
     rows = []
     for size in batch_sizes:
         for segmenter in segmenters:
@@ -143,8 +146,15 @@ def bench_model(stages: Stages, data: list[tuple[str, bytes]], batch_sizes: tupl
                 times.extend([(time.perf_counter() - t) / size] * size)
             cpu_per = (time.process_time() - cpu) / len(times)
             note = "the service's engine" if segmenter is stages.segmenter else ""
-            rows.append(row(f"model alone ({segmenter.engine}), batch {size} ({THREADS} threads)", times,
-                            time.perf_counter() - wall, cpu=cpu_per, extra=note))
+            rows.append(
+                row(
+                    f"model alone ({segmenter.engine}), batch {size} ({THREADS} threads)",
+                    times,
+                    time.perf_counter() - wall,
+                    cpu=cpu_per,
+                    extra=note,
+                )
+            )
     return rows
 
 
@@ -163,7 +173,9 @@ def bench_in_process(stages: Stages, data: list[tuple[str, bytes]]) -> tuple[lis
             errors += 1  # e.g. no product found: counted, as the service would answer 422
         times.append(time.perf_counter() - t)
     cpu_per = (time.process_time() - cpu) / len(data)
-    return [row(f"pipeline in one process, no Ray ({THREADS} threads)", times, time.perf_counter() - wall, errors, cpu_per)], per_stage
+    return [
+        row(f"pipeline in one process, no Ray ({THREADS} threads)", times, time.perf_counter() - wall, errors, cpu_per)
+    ], per_stage
 
 
 # --- per-stage cost against input size (a fresh process per size) -------------------------
@@ -239,7 +251,10 @@ def sweep_one(megapixels: float) -> dict[str, Any]:
             best[name] = min(best.get(name, (w, c)), (w, c))
     width, height = imageio.decode_image(raw, "file", 10**9).rgb.shape[1::-1]
     return {
-        "megapixels": megapixels, "width": width, "height": height, "bytes": len(raw),
+        "megapixels": megapixels,
+        "width": width,
+        "height": height,
+        "bytes": len(raw),
         "wall_ms": {k: 1000 * v[0] for k, v in best.items()},
         "cpu_ms": {k: 1000 * v[1] for k, v in best.items()},
         "memory_mb": memory,
@@ -252,7 +267,9 @@ def bench_sizes(sizes: tuple[float, ...]) -> list[dict[str, Any]]:
         # a fixed mmap threshold: freed large buffers go back to the OS, so each stage's peak
         # memory shows up as growth instead of hiding in pages an earlier stage freed
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-        out = subprocess.run([sys.executable, __file__, "--sweep-one", str(mp)], capture_output=True, text=True, cwd=ROOT, env=env)
+        out = subprocess.run(
+            [sys.executable, __file__, "--sweep-one", str(mp)], capture_output=True, text=True, cwd=ROOT, env=env
+        )
         if out.returncode != 0:
             raise RuntimeError(f"size sweep at {mp} MP failed:\n{out.stderr[-3000:]}")
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -262,7 +279,9 @@ def bench_sizes(sizes: tuple[float, ...]) -> list[dict[str, Any]]:
 
 def sizes_report(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| input | JPEG MB | " + " | ".join(f"{s} CPU ms" for s in STAGES) + " | non-model CPU ms | per MP | non-model / model CPU | non-model / model wall |",
+        "| input | JPEG MB | "
+        + " | ".join(f"{s} CPU ms" for s in STAGES)
+        + " | non-model CPU ms | per MP | non-model / model CPU | non-model / model wall |",
         "|---|---|" + "---|" * (len(STAGES) + 4),
     ]
     for r in results:
@@ -280,8 +299,11 @@ def sizes_report(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r['megapixels']:g} MP | " + " | ".join(f"{r['wall_ms'][s]:.0f}" for s in STAGES) + " | "
-            + " | ".join(f"{r['memory_mb'].get(s, 0):.0f}" for s in STAGES) + " |"
+            f"| {r['megapixels']:g} MP | "
+            + " | ".join(f"{r['wall_ms'][s]:.0f}" for s in STAGES)
+            + " | "
+            + " | ".join(f"{r['memory_mb'].get(s, 0):.0f}" for s in STAGES)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -358,7 +380,9 @@ class LoadResult:
 MakeRequest = Callable[[Any, str, str, bytes], Awaitable[Any]]
 
 
-async def closed_loop(url: str, make_request: MakeRequest, data: list[tuple[str, bytes]], concurrency: int, rounds: int) -> LoadResult:
+async def closed_loop(
+    url: str, make_request: MakeRequest, data: list[tuple[str, bytes]], concurrency: int, rounds: int
+) -> LoadResult:
     import httpx
 
     from pipeline.timing import parse_server_timing
@@ -397,7 +421,9 @@ async def closed_loop(url: str, make_request: MakeRequest, data: list[tuple[str,
     return result
 
 
-async def open_loop(url: str, make_request: MakeRequest, data: list[tuple[str, bytes]], rate: float, duration_s: float) -> list[tuple[int, float, bool]]:
+async def open_loop(
+    url: str, make_request: MakeRequest, data: list[tuple[str, bytes]], rate: float, duration_s: float
+) -> list[tuple[int, float, bool]]:
     """Requests at a fixed rate whatever the answers: (status, seconds, has Retry-After) each."""
     import httpx
 
@@ -425,7 +451,11 @@ async def open_loop(url: str, make_request: MakeRequest, data: list[tuple[str, b
 
 
 def stage_report(name: str, timings: list[dict[str, float]]) -> tuple[str, list[str]]:
-    keys = [k for k in ("fetch", "decode", "segment_queue", "segment", "compose", "encode", "store", "total") if any(k in t for t in timings)]
+    keys = [
+        k
+        for k in ("fetch", "decode", "segment_queue", "segment", "compose", "encode", "store", "total")
+        if any(k in t for t in timings)
+    ]
     means = {k: statistics.mean(t.get(k, 0.0) for t in timings) for k in keys}
     overhead = means.get("total", 0.0) - sum(v for k, v in means.items() if k != "total")
     return f"| {name} | " + " | ".join(f"{means[k]:.1f}" for k in keys) + f" | {overhead:.1f} |", keys
@@ -436,6 +466,7 @@ def bench_service(data, concurrencies, rounds, overload_s: float) -> tuple[list[
 
     rows, stage_rows, memory_rows, overload = [], [], [], {}
     with running_service(env_extra={"CUTOUT_RATE_LIMIT_RPM": "0"}, as_shipped=True) as svc:
+
         async def ours(client, url, name, raw):
             body = {"sku": name, "file": base64.b64encode(raw).decode()}
             return await client.post(url + "/product/cutout", json=body, headers={"api_token": svc.token})
@@ -460,7 +491,9 @@ def bench_service(data, concurrencies, rounds, overload_s: float) -> tuple[list[
                 by_stage[stage] = max(by_stage.get(stage, 0), rss)
             memory_rows.append(f"| concurrency {c} | " + " | ".join(f"{by_stage.get(s, 0) / 2**20:.0f}" for s in REPLICAS) + " |")
             print(rows[-1], flush=True)
-        stage_rows.insert(0, "| load | " + " | ".join(f"{k} ms" for k in keys) + " | Serve overhead ms |\n|---|" + "---|" * (len(keys) + 1))
+        stage_rows.insert(
+            0, "| load | " + " | ".join(f"{k} ms" for k in keys) + " | Serve overhead ms |\n|---|" + "---|" * (len(keys) + 1)
+        )
         if overload_s > 0:
             overload = run_overload(svc, ours, data, results, watch, overload_s)
     return rows, stage_rows, memory_rows, overload
@@ -493,36 +526,48 @@ def run_overload(svc, make_request, data, results, watch: ClusterWatch, duration
             f"{after.get(key, 0) / 2**20:.0f} | {'yes' if key in after else 'NO (gone)'} |"
         )
     return {
-        "rate": rate, "sustainable": sustainable, "duration_s": duration_s, "sent": len(outcomes),
-        "admitted": len(ok), "admitted_p50_ms": 1000 * pct(ok, 0.5), "admitted_p99_ms": 1000 * pct(ok, 0.99),
-        "unloaded_p99_ms": 1000 * unloaded_p99, "refused": len(refused),
-        "refused_p50_ms": 1000 * pct([s for s, _ in refused], 0.5), "refused_p99_ms": 1000 * pct([s for s, _ in refused], 0.99),
+        "rate": rate,
+        "sustainable": sustainable,
+        "duration_s": duration_s,
+        "sent": len(outcomes),
+        "admitted": len(ok),
+        "admitted_p50_ms": 1000 * pct(ok, 0.5),
+        "admitted_p99_ms": 1000 * pct(ok, 0.99),
+        "unloaded_p99_ms": 1000 * unloaded_p99,
+        "refused": len(refused),
+        "refused_p50_ms": 1000 * pct([s for s, _ in refused], 0.5),
+        "refused_p99_ms": 1000 * pct([s for s, _ in refused], 0.99),
         "refused_max_ms": 1000 * max((s for s, _ in refused), default=float("nan")),
-        "refused_with_retry_after": sum(1 for _, ra in refused if ra), "other_errors": other, "healthy_after": healthy,
-        "replicas_same": sorted(before) == sorted(after), "memory": memory,
+        "refused_with_retry_after": sum(1 for _, ra in refused if ra),
+        "other_errors": other,
+        "healthy_after": healthy,
+        "replicas_same": sorted(before) == sorted(after),
+        "memory": memory,
     }
 
 
 def overload_report(o: dict[str, Any]) -> str:
-    return "\n".join([
-        f"Open-loop arrivals at {o['rate']:.1f} requests/s (4x the sustainable {o['sustainable']:.2f}/s) for {o['duration_s']:.0f} s: "
-        f"{o['sent']} sent.",
-        "",
-        "| what | value |",
-        "|---|---|",
-        f"| admitted (200/422) | {o['admitted']} |",
-        f"| admitted p50 / p99 | {o['admitted_p50_ms']:.0f} / {o['admitted_p99_ms']:.0f} ms |",
-        f"| unloaded p99 (concurrency 1) | {o['unloaded_p99_ms']:.0f} ms |",
-        f"| admitted p99 / unloaded p99 | {o['admitted_p99_ms'] / o['unloaded_p99_ms']:.2f}x |",
-        f"| refused with 503 | {o['refused']} ({o['refused_with_retry_after']} with Retry-After) |",
-        f"| 503 latency p50 / p99 / max | {o['refused_p50_ms']:.0f} / {o['refused_p99_ms']:.0f} / {o['refused_max_ms']:.0f} ms |",
-        f"| other statuses | {o['other_errors'] or 'none'} |",
-        f"| healthy after, same replicas | {o['healthy_after']}, {o['replicas_same']} |",
-        "",
-        "| replica | RSS before MB | peak MB | 20 s after MB | still running |",
-        "|---|---|---|---|---|",
-        *o["memory"],
-    ])
+    return "\n".join(
+        [
+            f"Open-loop arrivals at {o['rate']:.1f} requests/s (4x the sustainable {o['sustainable']:.2f}/s) for {o['duration_s']:.0f} s: "
+            f"{o['sent']} sent.",
+            "",
+            "| what | value |",
+            "|---|---|",
+            f"| admitted (200/422) | {o['admitted']} |",
+            f"| admitted p50 / p99 | {o['admitted_p50_ms']:.0f} / {o['admitted_p99_ms']:.0f} ms |",
+            f"| unloaded p99 (concurrency 1) | {o['unloaded_p99_ms']:.0f} ms |",
+            f"| admitted p99 / unloaded p99 | {o['admitted_p99_ms'] / o['unloaded_p99_ms']:.2f}x |",
+            f"| refused with 503 | {o['refused']} ({o['refused_with_retry_after']} with Retry-After) |",
+            f"| 503 latency p50 / p99 / max | {o['refused_p50_ms']:.0f} / {o['refused_p99_ms']:.0f} / {o['refused_max_ms']:.0f} ms |",
+            f"| other statuses | {o['other_errors'] or 'none'} |",
+            f"| healthy after, same replicas | {o['healthy_after']}, {o['replicas_same']} |",
+            "",
+            "| replica | RSS before MB | peak MB | 20 s after MB | still running |",
+            "|---|---|---|---|---|",
+            *o["memory"],
+        ]
+    )
 
 
 def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
@@ -534,8 +579,12 @@ def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
     port = free_port()
     env = {**os.environ, "U2NET_HOME": str(get_spec("u2netp").onnx.locate().parent), "OMP_NUM_THREADS": str(THREADS)}
     rembg = str(Path(python).parent / "rembg")
-    proc = subprocess.Popen([rembg, "s", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--log_level", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [rembg, "s", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--log_level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -555,7 +604,16 @@ def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
             cpu = watch.cpu_seconds()
             res = asyncio.run(closed_loop(url, theirs, data, c, rounds))
             cpu_per = (watch.cpu_seconds() - cpu) / len(res.latencies)
-            rows.append(row(f"rembg server (`rembg s`, u2netp), concurrency {c}", res.latencies, res.wall, res.errors, cpu_per, "uncropped PNG in the response"))
+            rows.append(
+                row(
+                    f"rembg server (`rembg s`, u2netp), concurrency {c}",
+                    res.latencies,
+                    res.wall,
+                    res.errors,
+                    cpu_per,
+                    "uncropped PNG in the response",
+                )
+            )
             print(rows[-1], flush=True)
         return rows
     finally:
@@ -564,7 +622,9 @@ def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor()
+    )
     flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
     simd = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or "none listed"
     gpu = "no GPU"
@@ -627,7 +687,12 @@ def main() -> int:
         *memory_rows,
     ]
     if sizes:
-        parts += ["", "Cost per stage against input size (one JPEG q90 per size, in one process, best of 2):", "", sizes_report(sizes)]
+        parts += [
+            "",
+            "Cost per stage against input size (one JPEG q90 per size, in one process, best of 2):",
+            "",
+            sizes_report(sizes),
+        ]
     if overload:
         parts += ["", overload_report(overload)]
     report = "\n".join(parts) + "\n"

@@ -33,7 +33,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench import ClusterWatch, images, machine, pct  # noqa: E402
-
 from pipeline.settings import Settings  # noqa: E402
 
 MAX_WAIT_S = Settings.model_fields["admission_max_wait_s"].default
@@ -98,8 +97,16 @@ def _http(connections: int = 256):
     return httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
 
 
-async def closed_loop(client: Client, token: str, clients: int, duration_s: float, org: str = "acme", run: Run | None = None,
-                      retry_at_once: bool = False, requests: int | None = None) -> Run:
+async def closed_loop(
+    client: Client,
+    token: str,
+    clients: int,
+    duration_s: float,
+    org: str = "acme",
+    run: Run | None = None,
+    retry_at_once: bool = False,
+    requests: int | None = None,
+) -> Run:
     """``clients`` loops, each sending its next request when the last is answered.
 
     Args:
@@ -181,6 +188,44 @@ async def flood_and_polite(client: Client, flood: str, polite: str, duration_s: 
     return run
 
 
+def role_cpu(watch: ClusterWatch) -> dict[str, float]:
+    """CPU seconds so far of the HTTP proxy and of each kind of replica."""
+    out: dict[str, float] = {}
+    for proc in watch.processes():
+        try:
+            title = " ".join(proc.cmdline())
+            times = proc.cpu_times()
+        except Exception:
+            continue
+        if "ProxyActor" in title:
+            role = "proxy"
+        elif "ServeReplica:" in title:
+            role = title.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+        else:
+            role = "other"
+        out[role] = out.get(role, 0.0) + times.user + times.system
+    return out
+
+
+async def refusals_only(client: Client, token: str, count: int) -> Run:
+    """An organization whose one token a minute is spent: every request is a 429 refusal."""
+    run = Run()
+    async with _http(8) as http:
+        await client.send(http, token, run, "spent")
+        queue = list(range(count))
+
+        async def loop() -> None:
+            while queue:
+                queue.pop()
+                await client.send(http, token, run, "spent")
+                await asyncio.sleep(0.05)  # within the fast-refusal budget: no pacing
+
+        started = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(4)))
+        run.wall = time.perf_counter() - started
+    return run
+
+
 def _ms(values: list[float], q: float) -> float:
     return 1000 * pct(values, q)
 
@@ -202,15 +247,22 @@ def measure(data, duration_s: float) -> dict:
         r["unloaded"] = asyncio.run(closed_loop(client, svc.token, 1, duration_s, requests=20))
         r["c4"] = asyncio.run(closed_loop(client, svc.token, 4, duration_s))
         r["c8"] = asyncio.run(closed_loop(client, svc.token, 8, duration_s))
+        spent = tokens.create_token(token_file, "spent", rpm=1)
+        cpu = role_cpu(watch)
+        r["refusals"] = asyncio.run(refusals_only(client, spent, 300))
+        after = role_cpu(watch)
+        r["refusal_cpu"] = {k: after.get(k, 0.0) - cpu.get(k, 0.0) for k in after}
         time.sleep(15)  # the limiter's buckets refill
         r["limited"] = asyncio.run(rate_limited(client, limited, polite))
         time.sleep(15)
         before = watch.replicas()
-        cpu = watch.cpu_seconds()
+        cpu, roles = watch.cpu_seconds(), role_cpu(watch)
         watch.start()
         r["storm"] = asyncio.run(closed_loop(client, svc.token, 32, duration_s, retry_at_once=True))
         r["storm_peak"] = watch.stop()
         r["storm_cpu"] = watch.cpu_seconds() - cpu
+        after = role_cpu(watch)
+        r["storm_roles"] = {k: after.get(k, 0.0) - roles.get(k, 0.0) for k in after}
         time.sleep(20)  # queues drain, memory settles
         r["storm_before"], r["storm_after"] = before, watch.replicas()
         capacity = r["c4"].goodput()
@@ -221,6 +273,10 @@ def measure(data, duration_s: float) -> dict:
         r["healthy_after"] = httpx.get(svc.url + "/healthz", timeout=10).status_code == 200
         r["replicas_after"] = watch.replicas()
     return r
+
+
+def _roles(cpu: dict[str, float], answers: int) -> str:
+    return ", ".join(f"{k} {1000 * v / max(1, answers):.1f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]) if v > 0)
 
 
 def _statuses(c: Counter) -> str:
@@ -235,6 +291,8 @@ def report(r: dict, duration_s: float) -> str:
     memory = max((abs(after.get(k, 0) - v) for k, v in before.items()), default=0) / 2**20
     capacity = c4.goodput()
     polite = flood.ok("polite")
+    refused = r["refusals"].refused()
+    refusal_cpu = (r["refusal_cpu"].get("proxy", 0.0) + r["refusal_cpu"].get("Ingress", 0.0)) / max(1, len(refused))
     lines = [
         f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()} (Python {platform.python_version()}), "
         f"serve_config.yaml as shipped (rate limit 600/min per organization included), {duration_s:.0f} s per load.",
@@ -246,10 +304,16 @@ def report(r: dict, duration_s: float) -> str:
 
     def line(name: str, run: Run, base: float | None = None) -> str:
         ref = run.refused()
-        refs = f"{_ms([o.seconds for o in ref], 0.5):.0f} / {_ms([o.seconds for o in ref], 1.0):.0f}, {sum(o.retry_after for o in ref)} of {len(ref)}" if ref else "none"
+        refs = (
+            f"{_ms([o.seconds for o in ref], 0.5):.0f} / {_ms([o.seconds for o in ref], 1.0):.0f}, {sum(o.retry_after for o in ref)} of {len(ref)}"
+            if ref
+            else "none"
+        )
         ratio = f"{run.goodput() / base:.2f}x of 4 clients" if base else ""
-        return (f"| {name} | {_statuses(run.statuses())} | {run.goodput():.2f} | {ratio} | "
-                f"{_ms(run.ok(), 0.5):.0f} / {_ms(run.ok(), 0.99):.0f} | {refs} |")
+        return (
+            f"| {name} | {_statuses(run.statuses())} | {run.goodput():.2f} | {ratio} | "
+            f"{_ms(run.ok(), 0.5):.0f} / {_ms(run.ok(), 0.99):.0f} | {refs} |"
+        )
 
     lines += [
         line("4 closed-loop clients", c4),
@@ -271,6 +335,10 @@ def report(r: dict, duration_s: float) -> str:
         f"- One organization flooding with 32 retrying clients, another one request at a time: the polite one got "
         f"{_statuses(flood.statuses('polite'))}, p50 {_ms(polite, 0.5):.0f} ms = {_ms(polite, 0.5) / u50:.2f}x its unloaded p50; "
         f"the flood {_statuses(flood.statuses('flood'))}.",
+        f"- Refusal cost: {len(refused)} refusals in a row (429 answered by the ingress from its memory of the "
+        f"limiter's refusal, no hop) cost {1000 * refusal_cpu:.1f} CPU-ms each in the HTTP proxy and ingress "
+        f"({_roles(r['refusal_cpu'], len(refused))}). During the storm, CPU-ms per answer by process: "
+        f"{_roles(r['storm_roles'], len(storm.outcomes))}.",
         f"- Healthy after: {r['healthy_after']}; replicas at the end: {', '.join(sorted(k.split('#')[0] for k in r['replicas_after']))}.",
     ]
     return "\n".join(lines)

@@ -16,7 +16,14 @@ def _unavailable_types() -> tuple[type[BaseException], ...]:
 
     names = ("BackPressureError", "DeploymentUnavailableError", "RayServeException")
     serve_types = tuple(getattr(sex, n) for n in names if hasattr(sex, n))
-    ray_names = ("RayActorError", "ActorDiedError", "ActorUnavailableError", "ObjectLostError", "OwnerDiedError", "GetTimeoutError")
+    ray_names = (
+        "RayActorError",
+        "ActorDiedError",
+        "ActorUnavailableError",
+        "ObjectLostError",
+        "OwnerDiedError",
+        "GetTimeoutError",
+    )
     ray_types = tuple(getattr(rex, n) for n in ray_names if hasattr(rex, n))
     return serve_types + ray_types + (asyncio.TimeoutError, TimeoutError)
 

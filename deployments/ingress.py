@@ -12,7 +12,8 @@ import logging
 import re
 import secrets
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -22,12 +23,12 @@ from starlette.responses import JSONResponse, Response
 from deployments.errors import to_cutout_error
 from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
 from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
+from pipeline.ratelimit import DenialCache, retry_after_header
 from pipeline.request import CutoutRequest, parse_body, parse_fields
 from pipeline.service import CutoutOptions
 from pipeline.settings import Settings
 from pipeline.storage import RESULTS_ROUTE
 from pipeline.timing import Timings, server_timing
-from pipeline.ratelimit import DenialCache, retry_after_header
 from pipeline.tokens import TokenRecord, TokenStore, validate_org
 
 logger = logging.getLogger("ray.serve")
@@ -128,8 +129,12 @@ class Ingress:
         if path != HEALTH_ROUTE:
             logger.info(
                 "request %s org=%s %s %s -> %d in %.0f ms",
-                request_id, org, request.method, path if not path.startswith(RESULTS_ROUTE) else RESULTS_ROUTE + "...",
-                response.status_code, 1000 * (time.monotonic() - started),
+                request_id,
+                org,
+                request.method,
+                path if not path.startswith(RESULTS_ROUTE) else RESULTS_ROUTE + "...",
+                response.status_code,
+                1000 * (time.monotonic() - started),
             )
         return response
 
@@ -185,8 +190,10 @@ class Ingress:
             granted = await self.admission.acquire(org)
         except Overloaded as exc:
             raise unavailable(
-                "The service is at capacity; try again shortly.", retry_after=exc.retry_after_s,
-                internal=f"ingress at capacity ({exc})", reason="overloaded",
+                "The service is at capacity; try again shortly.",
+                retry_after=exc.retry_after_s,
+                internal=f"ingress at capacity ({exc})",
+                reason="overloaded",
             ) from None
         try:
             yield
@@ -230,7 +237,10 @@ class Ingress:
                 self.denials.deny(org, wait)
         if wait > 0:
             raise CutoutError(
-                429, "rate_limited", f"Rate limit of {rpm} requests per minute exceeded.", None,
+                429,
+                "rate_limited",
+                f"Rate limit of {rpm} requests per minute exceeded.",
+                None,
                 retry_after=retry_after_header(wait),
             )
 
@@ -267,7 +277,7 @@ class Ingress:
         return await self.uploader.finish.remote(fetched.image, segmentation, options, req.content_moderation)
 
     async def _result(self, request: Request) -> Response:
-        name = request.url.path[len(RESULTS_ROUTE):]
+        name = request.url.path[len(RESULTS_ROUTE) :]
         query = request.query_params
         png = await self.uploader.read.remote(name, query.get("expires"), query.get("signature"))
         remaining = max(0, int(query.get("expires", "0")) - int(time.time()))
@@ -293,4 +303,6 @@ class Ingress:
         status = {name: ("ready" if ok else "unavailable") for name, ok in zip(stages, results)}
         ok = all(results)
         headers = {} if ok else {"Retry-After": "5"}
-        return JSONResponse({"status": "ok" if ok else "unavailable", "stages": status}, status_code=200 if ok else 503, headers=headers)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "stages": status}, status_code=200 if ok else 503, headers=headers
+        )

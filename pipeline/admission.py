@@ -27,8 +27,8 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 # Weight of the newest pipeline time in the moving average: a slower pipeline counts at once
 # (an estimate that lags would queue more than the wait limit allows), a faster one gradually.
@@ -60,7 +60,9 @@ class FairAdmission:
         clock: Monotonic seconds (tests pass their own).
     """
 
-    def __init__(self, slots: int, max_wait_s: float, initial_pipeline_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, slots: int, max_wait_s: float, initial_pipeline_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.slots = slots

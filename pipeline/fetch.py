@@ -13,8 +13,8 @@ import ipaddress
 import re
 import socket
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
 
 import httpx
 
@@ -75,7 +75,9 @@ def _odd_ipv4(host: str) -> bool:
     labels = host.rstrip(".").split(".")
     if not all(_NUMERIC_LABEL.match(label) for label in labels):
         return False
-    canonical = len(labels) == 4 and all(label.isdigit() and (label == "0" or not label.startswith("0")) and int(label) < 256 for label in labels)
+    canonical = len(labels) == 4 and all(
+        label.isdigit() and (label == "0" or not label.startswith("0")) and int(label) < 256 for label in labels
+    )
     return not canonical
 
 

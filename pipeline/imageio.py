@@ -272,12 +272,14 @@ def encode_png(rgba: np.ndarray, compress_level: int) -> bytes:
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps, as PNG wants
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
-    return b"".join((
-        _PNG_SIGNATURE,
-        _png_chunk(b"IHDR", header),
-        _png_chunk(b"IDAT", zlib_ng.compress(filtered, compress_level)),
-        _png_chunk(b"IEND", b""),
-    ))
+    return b"".join(
+        (
+            _PNG_SIGNATURE,
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib_ng.compress(filtered, compress_level)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

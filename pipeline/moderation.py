@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -33,7 +33,7 @@ class Policy:
     threshold: float
 
     @classmethod
-    def of(cls, block: Iterable[str], threshold: float) -> "Policy":
+    def of(cls, block: Iterable[str], threshold: float) -> Policy:
         """Build a validated policy.
 
         Raises:

@@ -12,7 +12,7 @@ resolves to is still checked here.
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -43,12 +43,7 @@ def _public(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
         return False
     return ip.is_global and not (
-        ip.is_multicast
-        or ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_reserved
-        or ip.is_unspecified
+        ip.is_multicast or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified
     )
 
 

@@ -22,6 +22,7 @@ from pipeline.settings import Settings
 from pipeline.storage import open_storage
 from pipeline.timing import Timings, timed
 
+
 @dataclass
 class LoadedImage:
     """A decoded input and, when the model is needed, its model-sized copy.
@@ -85,7 +86,11 @@ class ImageLoader:
             else:
                 text, limit = file or "", self.settings.max_src_file_size
                 # up to 16 MB of base64: decoded off the event loop that serves other downloads
-                decoded = await asyncio.to_thread(imageio.decode_base64, text, limit) if len(text) > 65536 else imageio.decode_base64(text, limit)
+                decoded = (
+                    await asyncio.to_thread(imageio.decode_base64, text, limit)
+                    if len(text) > 65536
+                    else imageio.decode_base64(text, limit)
+                )
                 data, parameter = decoded, "file"
         with timed(timings, "decode"):
             loaded = await asyncio.to_thread(self.decode, data, parameter, force_rmbg)
@@ -153,7 +158,9 @@ class Finisher:
         self.settings = settings
         self.storage = open_storage(settings)
 
-    def compose(self, loaded: LoadedImage, probability: np.ndarray | None, options: CutoutOptions) -> tuple[np.ndarray, compose.Crop]:
+    def compose(
+        self, loaded: LoadedImage, probability: np.ndarray | None, options: CutoutOptions
+    ) -> tuple[np.ndarray, compose.Crop]:
         """The cropped RGBA cutout (CPU-bound): mask to full-resolution alpha, alpha table, crop.
 
         Raises:
@@ -165,9 +172,7 @@ class Finisher:
         if probability is not None:
             mask = compose.normalize_probability(probability, s.segmenter_min_confidence)
             if mask is not None:
-                model_alpha = compose.full_alpha(
-                    mask, image, s.refine_edges, s.segmenter_alpha_cutoff, s.model_input_size
-                )
+                model_alpha = compose.full_alpha(mask, image, s.refine_edges, s.segmenter_alpha_cutoff, s.model_input_size)
         alpha = compose.output_alpha(image, model_alpha, options.force_rmbg, options.preserve_alpha)
         estimate = refine.estimate_foreground if s.refine_foreground and model_alpha is not None else None
         return compose.cutout(image, alpha, estimate)
@@ -204,4 +209,3 @@ class Finisher:
     def check(self) -> str:
         """Start-up check of the storage (GCS: bucket permissions and signing); returns a description."""
         return self.storage.check()
-

@@ -12,8 +12,9 @@ import ipaddress
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -68,7 +69,10 @@ class Settings(BaseModel):
 
     data_dir: Path = Field(
         Path("var"),
-        **_doc("Folder for local state: tokens, results, URL signing key, converted weights. Relative paths are resolved against the working directory at start-up.", "path"),
+        **_doc(
+            "Folder for local state: tokens, results, URL signing key, converted weights. Relative paths are resolved against the working directory at start-up.",
+            "path",
+        ),
     )
     tokens_file: Path | None = Field(
         None,
@@ -76,23 +80,53 @@ class Settings(BaseModel):
     )
     storage_uri: str | None = Field(
         None,
-        **_doc("Where results are stored: `gs://BUCKET/PREFIX` (Google Cloud Storage, V4 signed URLs) or a local folder (the embedded default, `<data_dir>/results`, served by the service itself).", "URI or path"),
+        **_doc(
+            "Where results are stored: `gs://BUCKET/PREFIX` (Google Cloud Storage, V4 signed URLs) or a local folder (the embedded default, `<data_dir>/results`, served by the service itself).",
+            "URI or path",
+        ),
     )
     public_base_url: str = Field(
         "http://127.0.0.1:8000",
-        **_doc("Base of the result URLs that the service serves itself (local storage). Set it to the address clients use.", "URL"),
+        **_doc(
+            "Base of the result URLs that the service serves itself (local storage). Set it to the address clients use.", "URL"
+        ),
     )
     url_signing_key: SecretStr | None = Field(
         None,
-        **_doc("HMAC key that signs result URLs (at least 32 characters). Default: a random key generated at first start and kept in `<data_dir>/url-signing.key`.", "secret", secret=True),
+        **_doc(
+            "HMAC key that signs result URLs (at least 32 characters). Default: a random key generated at first start and kept in `<data_dir>/url-signing.key`.",
+            "secret",
+            secret=True,
+        ),
     )
     gcs_timeout_s: float = Field(10.0, gt=0, le=300, **_doc("Timeout of one request to Cloud Storage.", "seconds"))
-    gcs_deadline_s: float = Field(20.0, gt=0, le=600, **_doc("Deadline of an upload to Cloud Storage including retries; past it the answer is 503 with Retry-After.", "seconds"))
-    gcs_signing_service_account: str | None = Field(None, **_doc("Service account that signs URLs through IAM signBlob when there is no key file (Workload Identity). Default: the one the credentials belong to.", "email"))
-    gcs_iam_endpoint: str = Field("https://iamcredentials.googleapis.com", **_doc("IAM Credentials API used for signBlob.", "URL"))
-    result_url_ttl_s: int = Field(3600, ge=1, le=7 * 24 * 3600, **_doc("Lifetime of a result URL; the stored result is deleted after it.", "seconds"))
-    max_src_file_size: int = Field(12 * MIB, ge=1024, le=512 * MIB, **_doc("Largest accepted image, after base64 decoding or as downloaded.", "bytes"))
-    max_src_resolution: float = Field(50.0, gt=0, le=500, **_doc("Largest accepted image, checked from the header before decoding.", "megapixels"))
+    gcs_deadline_s: float = Field(
+        20.0,
+        gt=0,
+        le=600,
+        **_doc(
+            "Deadline of an upload to Cloud Storage including retries; past it the answer is 503 with Retry-After.", "seconds"
+        ),
+    )
+    gcs_signing_service_account: str | None = Field(
+        None,
+        **_doc(
+            "Service account that signs URLs through IAM signBlob when there is no key file (Workload Identity). Default: the one the credentials belong to.",
+            "email",
+        ),
+    )
+    gcs_iam_endpoint: str = Field(
+        "https://iamcredentials.googleapis.com", **_doc("IAM Credentials API used for signBlob.", "URL")
+    )
+    result_url_ttl_s: int = Field(
+        3600, ge=1, le=7 * 24 * 3600, **_doc("Lifetime of a result URL; the stored result is deleted after it.", "seconds")
+    )
+    max_src_file_size: int = Field(
+        12 * MIB, ge=1024, le=512 * MIB, **_doc("Largest accepted image, after base64 decoding or as downloaded.", "bytes")
+    )
+    max_src_resolution: float = Field(
+        50.0, gt=0, le=500, **_doc("Largest accepted image, checked from the header before decoding.", "megapixels")
+    )
     max_request_body: int = Field(
         0,
         ge=0,
@@ -100,30 +134,76 @@ class Settings(BaseModel):
     )
     allowed_source_networks: tuple[str, ...] = Field(
         (),
-        **_doc("CIDRs that `image_url` may reach although they are not public (internal CDN; `127.0.0.0/8` for tests). Comma-separated in the environment. **Weakens SSRF protection**: open only what you must.", "CIDR list"),
+        **_doc(
+            "CIDRs that `image_url` may reach although they are not public (internal CDN; `127.0.0.0/8` for tests). Comma-separated in the environment. **Weakens SSRF protection**: open only what you must.",
+            "CIDR list",
+        ),
     )
     allowed_sources: tuple[str, ...] = Field(
         (),
-        **_doc("If set, `image_url` hosts must be one of these names (or a subdomain of an entry that starts with `.`). Empty: any public host.", "host list"),
+        **_doc(
+            "If set, `image_url` hosts must be one of these names (or a subdomain of an entry that starts with `.`). Empty: any public host.",
+            "host list",
+        ),
     )
     max_redirects: int = Field(5, ge=0, le=20, **_doc("Redirects followed for `image_url`, each one checked again.", "count"))
     download_connect_timeout_s: float = Field(5.0, gt=0, le=60, **_doc("Connect timeout for `image_url`.", "seconds"))
-    download_timeout_s: float = Field(20.0, gt=0, le=300, **_doc("Deadline for the whole download of `image_url`, redirects included.", "seconds"))
-    rate_limit_rpm: int = Field(600, ge=0, le=1_000_000, **_doc("Requests per minute per organization, across all ingress replicas; over it the answer is 429 with Retry-After. A token's `rpm` in the tokens file overrides it. 0 = no limit.", "requests/minute"))
-    rate_limit_burst_s: float = Field(10.0, gt=0, le=3600, **_doc("How many seconds of the rate an organization may save up and spend at once.", "seconds"))
+    download_timeout_s: float = Field(
+        20.0, gt=0, le=300, **_doc("Deadline for the whole download of `image_url`, redirects included.", "seconds")
+    )
+    rate_limit_rpm: int = Field(
+        600,
+        ge=0,
+        le=1_000_000,
+        **_doc(
+            "Requests per minute per organization, across all ingress replicas; over it the answer is 429 with Retry-After. A token's `rpm` in the tokens file overrides it. 0 = no limit.",
+            "requests/minute",
+        ),
+    )
+    rate_limit_burst_s: float = Field(
+        10.0, gt=0, le=3600, **_doc("How many seconds of the rate an organization may save up and spend at once.", "seconds")
+    )
     moderation_block: tuple[str, ...] = Field(
         DEFAULT_MODERATION_BLOCK,
         **_doc("NudeNet categories that fail moderation. Comma-separated in the environment.", "category list"),
     )
-    moderation_threshold: float = Field(0.5, gt=0, lt=1, **_doc("Detector score at or above which a blocking category counts.", "score 0..1"))
-    segmenter_model: str = Field("u2netp", **_doc("Segmentation model from the registry: `u2netp` (weights shipped), `birefnet-general`, `birefnet-lite`, `rmbg-2.0`, `isnet-general-use`, `rmbg-1.4` (these need `CUTOUT_SEGMENTER_WEIGHTS_URI`).", "name"))
-    segmenter_weights_uri: str | None = Field(None, **_doc("Weights for the model: a local path, `gs://BUCKET/OBJECT` or `https://` URL (safetensors or a weights-only PyTorch checkpoint). Default: the model's shipped weights.", "URI"))
-    segmenter_weights_sha256: str | None = Field(None, **_doc("SHA-256 of those weights; required with `CUTOUT_SEGMENTER_WEIGHTS_URI`, checked before loading.", "hex"))
-    segmenter_input_size: int = Field(0, ge=0, le=4096, **_doc("Square side the model sees; 0 = the model's own (320 for u2netp, 1024 for the others).", "pixels"))
-    segmenter_dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", **_doc("Inference precision; float16 only on `cuda`.", "dtype"))
-    segmenter_engine: Literal["auto", "torch", "onnxruntime"] = Field("auto", **_doc(
-        "Inference engine: `torch`, or `onnxruntime` for the shipped `u2netp` in float32 on the CPU (the shipped ONNX file; "
-        "measured faster there, docs/benchmarks.md); `auto` = onnxruntime where it applies, torch elsewhere.", "name"))
+    moderation_threshold: float = Field(
+        0.5, gt=0, lt=1, **_doc("Detector score at or above which a blocking category counts.", "score 0..1")
+    )
+    segmenter_model: str = Field(
+        "u2netp",
+        **_doc(
+            "Segmentation model from the registry: `u2netp` (weights shipped), `birefnet-general`, `birefnet-lite`, `rmbg-2.0`, `isnet-general-use`, `rmbg-1.4` (these need `CUTOUT_SEGMENTER_WEIGHTS_URI`).",
+            "name",
+        ),
+    )
+    segmenter_weights_uri: str | None = Field(
+        None,
+        **_doc(
+            "Weights for the model: a local path, `gs://BUCKET/OBJECT` or `https://` URL (safetensors or a weights-only PyTorch checkpoint). Default: the model's shipped weights.",
+            "URI",
+        ),
+    )
+    segmenter_weights_sha256: str | None = Field(
+        None, **_doc("SHA-256 of those weights; required with `CUTOUT_SEGMENTER_WEIGHTS_URI`, checked before loading.", "hex")
+    )
+    segmenter_input_size: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        **_doc("Square side the model sees; 0 = the model's own (320 for u2netp, 1024 for the others).", "pixels"),
+    )
+    segmenter_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", **_doc("Inference precision; float16 only on `cuda`.", "dtype")
+    )
+    segmenter_engine: Literal["auto", "torch", "onnxruntime"] = Field(
+        "auto",
+        **_doc(
+            "Inference engine: `torch`, or `onnxruntime` for the shipped `u2netp` in float32 on the CPU (the shipped ONNX file; "
+            "measured faster there, docs/benchmarks.md); `auto` = onnxruntime where it applies, torch elsewhere.",
+            "name",
+        ),
+    )
     segmenter_device: Literal["cpu", "cuda"] = Field(
         "cpu",
         **_doc("Where the segmenter runs. `cuda` also makes the segmenter replica ask Ray for one GPU.", "device"),
@@ -132,24 +212,94 @@ class Settings(BaseModel):
         0.5,
         gt=0,
         lt=1,
-        **_doc("If the model's highest foreground probability stays below this, the answer is 422 `no_product_found`.", "probability"),
+        **_doc(
+            "If the model's highest foreground probability stays below this, the answer is 422 `no_product_found`.", "probability"
+        ),
     )
     segmenter_alpha_cutoff: float = Field(
         0.04,
         ge=0,
         lt=0.5,
-        **_doc("Mask values below this become fully transparent and values above 1 minus this fully opaque, so the crop is tight and the product solid.", "fraction"),
+        **_doc(
+            "Mask values below this become fully transparent and values above 1 minus this fully opaque, so the crop is tight and the product solid.",
+            "fraction",
+        ),
     )
-    segmenter_batch_size: int = Field(4, ge=1, le=256, **_doc("Most images the segmenter takes at once (`@serve.batch`): one forward pass on a GPU; on the CPU they run side by side, one per thread (docs/benchmarks.md).", "images"))
+    segmenter_batch_size: int = Field(
+        4,
+        ge=1,
+        le=256,
+        **_doc(
+            "Most images the segmenter takes at once (`@serve.batch`): one forward pass on a GPU; on the CPU they run side by side, one per thread (docs/benchmarks.md).",
+            "images",
+        ),
+    )
     segmenter_batch_wait_s: float = Field(0.005, ge=0, le=1, **_doc("How long the segmenter waits to fill a batch.", "seconds"))
-    refine_edges: Literal["auto", "guided", "bilinear"] = Field("auto", **_doc("How the model's low-resolution mask becomes full-resolution alpha: `guided` (a fast guided filter in the uncertain edge band, so edges follow the photo), `bilinear` (plain resize), or `auto`: guided when the image's long side is at least three times the model's input, bilinear otherwise (what docs/quality.md measured best).", "mode"))
-    refine_foreground: bool = Field(False, **_doc("Re-estimate the colour of semi-transparent edge pixels (blur-fusion foreground estimation). Off by default: with U²-Net-p masks it measured worse (docs/quality.md).", "on/off"))
-    torch_threads: int = Field(0, ge=0, le=256, **_doc("CPU threads per segmenter replica (either engine): a lone image runs on all of them, waiting images side by side with a share each; 0 = one per CPU that Ray gives the replica (at least 1).", "threads"))
-    ingress_max_inflight: int = Field(3, ge=1, le=100000, **_doc("Cutout requests one ingress replica lets into the pipeline at once; more wait in a queue per organization, served in turn (docs/api.md, Admission). Enough to keep the segmenters busy and no more: more only lengthens the queues inside the stages, where the fair order does not hold (3 measured best on one 2-core machine, docs/benchmarks.md; see cluster/serve_config.gpu.yaml).", "requests"))
-    admission_max_wait_s: float = Field(5.0, gt=0, le=600, **_doc("Longest expected wait in the ingress queue that a request is queued for; a request expected to wait longer (its place in the queue over the measured rate at which the pipeline finishes requests) is refused at once with 503 `overloaded` and a `Retry-After` of when the queue should have room. Bounds the latency of admitted requests under overload.", "seconds"))
-    overload_refusal_delay_s: float = Field(0.5, ge=0, le=1, **_doc("Most a refusal (429 or 503) is held before it is answered when refusals come faster than the service's budget (8 per image it finishes a second, at least 10/s): a client that retries without waiting for `Retry-After` then costs a few requests a second instead of the CPU that admitted requests need. Clients that honour `Retry-After` are answered at once. 0 = never held.", "seconds"))
-    request_timeout_s: float = Field(60.0, gt=0, le=600, **_doc("Longest a cutout request may take end to end; past it the answer is 503 and the work is cancelled.", "seconds"))
-    png_compress_level: int = Field(2, ge=0, le=9, **_doc("zlib-ng level of the result PNG (rows Up-filtered). 2 measured about 4x faster than Pillow's level 3 for files 5% larger; 3 gives files 8% smaller than 2 for 20% more time (docs/benchmarks.md).", "0..9"))
+    refine_edges: Literal["auto", "guided", "bilinear"] = Field(
+        "auto",
+        **_doc(
+            "How the model's low-resolution mask becomes full-resolution alpha: `guided` (a fast guided filter in the uncertain edge band, so edges follow the photo), `bilinear` (plain resize), or `auto`: guided when the image's long side is at least three times the model's input, bilinear otherwise (what docs/quality.md measured best).",
+            "mode",
+        ),
+    )
+    refine_foreground: bool = Field(
+        False,
+        **_doc(
+            "Re-estimate the colour of semi-transparent edge pixels (blur-fusion foreground estimation). Off by default: with U²-Net-p masks it measured worse (docs/quality.md).",
+            "on/off",
+        ),
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        **_doc(
+            "CPU threads per segmenter replica (either engine): a lone image runs on all of them, waiting images side by side with a share each; 0 = one per CPU that Ray gives the replica (at least 1).",
+            "threads",
+        ),
+    )
+    ingress_max_inflight: int = Field(
+        3,
+        ge=1,
+        le=100000,
+        **_doc(
+            "Cutout requests one ingress replica lets into the pipeline at once; more wait in a queue per organization, served in turn (docs/api.md, Admission). Enough to keep the segmenters busy and no more: more only lengthens the queues inside the stages, where the fair order does not hold (3 measured best on one 2-core machine, docs/benchmarks.md; see cluster/serve_config.gpu.yaml).",
+            "requests",
+        ),
+    )
+    admission_max_wait_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        **_doc(
+            "Longest expected wait in the ingress queue that a request is queued for; a request expected to wait longer (its place in the queue over the measured rate at which the pipeline finishes requests) is refused at once with 503 `overloaded` and a `Retry-After` of when the queue should have room. Bounds the latency of admitted requests under overload.",
+            "seconds",
+        ),
+    )
+    overload_refusal_delay_s: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        **_doc(
+            "Most a refusal (429 or 503) is held before it is answered when refusals come faster than the service's budget (8 per image it finishes a second, at least 10/s): a client that retries without waiting for `Retry-After` then costs a few requests a second instead of the CPU that admitted requests need. Clients that honour `Retry-After` are answered at once. 0 = never held.",
+            "seconds",
+        ),
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=600,
+        **_doc("Longest a cutout request may take end to end; past it the answer is 503 and the work is cancelled.", "seconds"),
+    )
+    png_compress_level: int = Field(
+        2,
+        ge=0,
+        le=9,
+        **_doc(
+            "zlib-ng level of the result PNG (rows Up-filtered). 2 measured about 4x faster than Pillow's level 3 for files 5% larger; 3 gives files 8% smaller than 2 for 20% more time (docs/benchmarks.md).",
+            "0..9",
+        ),
+    )
 
     @field_validator("segmenter_model")
     @classmethod
@@ -223,7 +373,7 @@ class Settings(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _resolve(self) -> "Settings":
+    def _resolve(self) -> Settings:
         data_dir = self.data_dir.expanduser().resolve()
         object.__setattr__(self, "data_dir", data_dir)
         tokens = (self.tokens_file or data_dir / "tokens.json").expanduser().resolve()
@@ -238,8 +388,14 @@ class Settings(BaseModel):
             raise ValueError("segmenter_dtype float16 needs segmenter_device cuda")
         from pipeline.engines import resolve_engine
 
-        resolve_engine(self.segmenter_engine, self.segmenter_model, self.segmenter_device, self.segmenter_weights_uri,
-                       self.segmenter_input_size, self.segmenter_dtype)
+        resolve_engine(
+            self.segmenter_engine,
+            self.segmenter_model,
+            self.segmenter_device,
+            self.segmenter_weights_uri,
+            self.segmenter_input_size,
+            self.segmenter_dtype,
+        )
         if self.max_request_body == 0:
             object.__setattr__(self, "max_request_body", 4 * ((self.max_src_file_size + 2) // 3) + 64 * 1024)
         return self
@@ -281,7 +437,7 @@ def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     for key, raw in environ.items():
         if not key.startswith(ENV_PREFIX):
             continue
-        name = key[len(ENV_PREFIX):].lower()
+        name = key[len(ENV_PREFIX) :].lower()
         if name not in Settings.model_fields:
             unknown.append(key)
             continue

@@ -9,8 +9,8 @@ as a ``Server-Timing`` header (W3C Server Timing), which browsers' developer too
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 Timings = dict[str, float]
 

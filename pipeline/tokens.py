@@ -23,9 +23,9 @@ import os
 import re
 import secrets
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 TOKEN_PREFIX = "ct_"
 MAX_TOKEN_LENGTH = 256
@@ -101,7 +101,6 @@ class TokenStore:
             return record
         return None
 
-
     def org_rpm(self, org: str) -> int | None:
         """The rate limit override of ``org``'s tokens (the lowest where they differ), or None."""
         self._refresh()
@@ -116,8 +115,7 @@ def read_records(path: Path) -> list[TokenRecord]:
     except FileNotFoundError:
         return []
     return [
-        TokenRecord(**{k: r[k] for k in ("id", "org", "sha256", "created")}, rpm=r.get("rpm"))
-        for r in data.get("tokens", [])
+        TokenRecord(**{k: r[k] for k in ("id", "org", "sha256", "created")}, rpm=r.get("rpm")) for r in data.get("tokens", [])
     ]
 
 

@@ -30,9 +30,21 @@ class Emulator:
     def start(self, deadline_s: float = 30.0) -> None:
         """Start the server and wait until it answers (see :meth:`wait_ready`)."""
         self.proc = subprocess.Popen(
-            [str(BIN / "gcp-storage-emulator"), "--data-dir", str(self.data_dir), "start", "--host", "127.0.0.1",
-             "--port", str(self.port), "--default-bucket", self.bucket, "--quiet"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(BIN / "gcp-storage-emulator"),
+                "--data-dir",
+                str(self.data_dir),
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--default-bucket",
+                self.bucket,
+                "--quiet",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.wait_ready(deadline_s)
 

@@ -126,16 +126,33 @@ def running_service(args: dict | None = None, env_extra: dict | None = None, as_
     log = open(data_dir / "serve-run.log", "wb")
     # --block keeps the head in this process group, so the fixture stops this cluster only.
     head = subprocess.Popen(
-        [_ray_bin("ray"), "start", "--head", "--block", f"--port={ray_port}", "--num-cpus=2",
-         "--include-dashboard=false", f"--temp-dir={ray_tmp}", "--disable-usage-stats"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            _ray_bin("ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={ray_port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={ray_tmp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     proc = None
     try:
         _wait_for_port(ray_port, head)
         proc = subprocess.Popen(
             [_ray_bin("serve"), "run", str(config_path), "--address", ray_address],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -108,16 +108,21 @@ def rgb_matrix_profile(red_xyz, green_xyz, blue_xyz, gamma: float = 2.2) -> byte
     to see that embedded profiles are applied, so this builds one byte by byte.
     """
     curve = b"curv" + b"\0" * 4 + struct.pack(">I", 1) + struct.pack(">H", int(round(gamma * 256))) + b"\0\0"
-    return _icc_v2(b"mntr", b"RGB ", b"XYZ ", [
-        (b"desc", _desc("test wide primaries")),
-        (b"wtpt", _xyz(D50)),
-        (b"rXYZ", _xyz(red_xyz)),
-        (b"gXYZ", _xyz(green_xyz)),
-        (b"bXYZ", _xyz(blue_xyz)),
-        (b"rTRC", curve),
-        (b"gTRC", curve),
-        (b"bTRC", curve),
-    ])
+    return _icc_v2(
+        b"mntr",
+        b"RGB ",
+        b"XYZ ",
+        [
+            (b"desc", _desc("test wide primaries")),
+            (b"wtpt", _xyz(D50)),
+            (b"rXYZ", _xyz(red_xyz)),
+            (b"gXYZ", _xyz(green_xyz)),
+            (b"bXYZ", _xyz(blue_xyz)),
+            (b"rTRC", curve),
+            (b"gTRC", curve),
+            (b"bTRC", curve),
+        ],
+    )
 
 
 # The print that cmyk_print_profile describes: paper and inks as linear-light RGB transmittances.
@@ -150,12 +155,22 @@ def cmyk_print_profile(grid: int = 5) -> bytes:
         clut += struct.pack(">HHH", round(lightness * 652.8), round((a + 128) * 256), round((b + 128) * 256))
     identity_curve = struct.pack(">HH", 0, 0xFFFF)
     lut16 = (
-        b"mft2" + b"\0" * 4 + bytes([4, 3, grid, 0])
+        b"mft2"
+        + b"\0" * 4
+        + bytes([4, 3, grid, 0])
         + b"".join(_s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))  # matrix: used only for XYZ input
-        + struct.pack(">HH", 2, 2) + identity_curve * 4 + clut + identity_curve * 3
+        + struct.pack(">HH", 2, 2)
+        + identity_curve * 4
+        + clut
+        + identity_curve * 3
     )
-    return _icc_v2(b"prtr", b"CMYK", b"Lab ", [
-        (b"desc", _desc("test CMYK print")),
-        (b"wtpt", _xyz(D50)),
-        (b"A2B0", lut16),
-    ])
+    return _icc_v2(
+        b"prtr",
+        b"CMYK",
+        b"Lab ",
+        [
+            (b"desc", _desc("test CMYK print")),
+            (b"wtpt", _xyz(D50)),
+            (b"A2B0", lut16),
+        ],
+    )

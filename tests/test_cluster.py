@@ -34,9 +34,16 @@ def test_gcs_setup_script_sets_what_the_service_relies_on():
     import json
 
     script = (ROOT / "cluster" / "gcs" / "setup.sh").read_text()
-    for needle in ("--uniform-bucket-level-access", "--clear-soft-delete", "--lifecycle-file", "roles/storage.objectCreator",
-                   "roles/storage.objectViewer", "roles/iam.serviceAccountTokenCreator", "roles/iam.workloadIdentityUser",
-                   "iam.gke.io/gcp-service-account"):
+    for needle in (
+        "--uniform-bucket-level-access",
+        "--clear-soft-delete",
+        "--lifecycle-file",
+        "roles/storage.objectCreator",
+        "roles/storage.objectViewer",
+        "roles/iam.serviceAccountTokenCreator",
+        "roles/iam.workloadIdentityUser",
+        "iam.gke.io/gcp-service-account",
+    ):
         assert needle in script, needle
     rules = json.loads((ROOT / "cluster" / "gcs" / "lifecycle.json").read_text())["rule"]
     assert any(r["action"]["type"] == "Delete" and r["condition"]["age"] == 1 for r in rules)

@@ -110,4 +110,6 @@ def test_alpha_computed_around_the_product_only_equals_a_full_frame_pass(mode, c
     assert (windowed != reference).mean() < 1e-3
     if cutoff > 0:
         rows, cols = compose.product_window(mask, 2100, 1500, min(refine.EDGE_BAND[0], cutoff), 2)
-        assert (rows.stop - rows.start) * (cols.stop - cols.start) < 0.5 * 1500 * 2100  # the window is the product's, not the frame
+        assert (rows.stop - rows.start) * (
+            cols.stop - cols.start
+        ) < 0.5 * 1500 * 2100  # the window is the product's, not the frame

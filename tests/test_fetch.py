@@ -33,7 +33,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(500, b"err")
         elif self.path.startswith("/redirect-to/"):
             self.send_response(302)
-            self.send_header("Location", self.path[len("/redirect-to/"):].replace("|", "/"))
+            self.send_header("Location", self.path[len("/redirect-to/") :].replace("|", "/"))
             self.end_headers()
         elif self.path == "/loop":
             self.send_response(302)
@@ -213,13 +213,28 @@ def canary():
 def refused_forms(port: int) -> list[str]:
     """127.0.0.1 (and other refused places) spelled every way a URL can spell them."""
     return [
-        f"http://127.0.0.1:{port}/x", f"http://localhost:{port}/x", f"http://2130706433:{port}/x",
-        f"http://0x7f000001:{port}/x", f"http://0177.0.0.1:{port}/x", f"http://0x7f.1:{port}/x", f"http://127.1:{port}/x",
-        f"http://017700000001:{port}/x", f"http://[::1]:{port}/x", f"http://[::ffff:127.0.0.1]:{port}/x",
-        f"http://[::ffff:7f00:1]:{port}/x", f"http://[0:0:0:0:0:ffff:127.0.0.1]:{port}/x", f"http://[2002:7f00:1::]:{port}/x",
-        f"http://[64:ff9b::7f00:1]:{port}/x", f"http://0.0.0.0:{port}/x", "http://169.254.169.254/latest/meta-data/",
-        "http://[fd00:ec2::254]/latest/", "http://100.64.0.1/x", "http://10.0.0.1/x", "http://192.168.1.1/x",
-        "http://[fe80::1]/x", "http://224.0.0.1/x",
+        f"http://127.0.0.1:{port}/x",
+        f"http://localhost:{port}/x",
+        f"http://2130706433:{port}/x",
+        f"http://0x7f000001:{port}/x",
+        f"http://0177.0.0.1:{port}/x",
+        f"http://0x7f.1:{port}/x",
+        f"http://127.1:{port}/x",
+        f"http://017700000001:{port}/x",
+        f"http://[::1]:{port}/x",
+        f"http://[::ffff:127.0.0.1]:{port}/x",
+        f"http://[::ffff:7f00:1]:{port}/x",
+        f"http://[0:0:0:0:0:ffff:127.0.0.1]:{port}/x",
+        f"http://[2002:7f00:1::]:{port}/x",
+        f"http://[64:ff9b::7f00:1]:{port}/x",
+        f"http://0.0.0.0:{port}/x",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fd00:ec2::254]/latest/",
+        "http://100.64.0.1/x",
+        "http://10.0.0.1/x",
+        "http://192.168.1.1/x",
+        "http://[fe80::1]/x",
+        "http://224.0.0.1/x",
     ]
 
 
@@ -233,4 +248,3 @@ def test_canary_is_never_reached_directly_or_by_redirect(second_server, canary):
         err = fails(public, hop)
         assert err.status == 400, (hop, err)
     assert canary.hits == []
-

@@ -95,7 +95,9 @@ def test_cmyk_jpeg_is_converted_through_its_embedded_icc_profile():
     as_stored = Image.open(io.BytesIO(data))
     assert as_stored.mode == "CMYK" and as_stored.info["icc_profile"] == profile
     through_profile = np.asarray(
-        ImageCms.profileToProfile(as_stored, ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"), outputMode="RGB")
+        ImageCms.profileToProfile(
+            as_stored, ImageCms.ImageCmsProfile(io.BytesIO(profile)), ImageCms.createProfile("sRGB"), outputMode="RGB"
+        )
     )
     naive = np.asarray(as_stored.convert("RGB"))
     out = decode(data).rgb

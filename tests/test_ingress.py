@@ -52,7 +52,11 @@ def test_health_is_200_only_when_every_stage_is_ready(tmp_path):
     assert down.status_code == 503 and down.headers["retry-after"]
     body = json.loads(down.body)
     assert body["stages"] == {
-        "fetcher": "ready", "segmenter": "unavailable", "moderator": "unavailable", "uploader": "ready", "rate_limiter": "ready",
+        "fetcher": "ready",
+        "segmenter": "unavailable",
+        "moderator": "unavailable",
+        "uploader": "ready",
+        "rate_limiter": "ready",
     }
 
 
@@ -74,7 +78,13 @@ def _cutout_call(ingress, token, body_read):
         body_read.append(True)
         return {"type": "http.request", "body": b"{}", "more_body": False}
 
-    scope = {"type": "http", "method": "POST", "path": "/product/cutout", "query_string": b"", "headers": [(b"api_token", token.encode())]}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/product/cutout",
+        "query_string": b"",
+        "headers": [(b"api_token", token.encode())],
+    }
     return ingress(Request(scope, receive))
 
 
@@ -82,7 +92,8 @@ def test_when_the_expected_wait_is_too_long_the_answer_is_503_before_the_body_is
     from pipeline import tokens
 
     settings = load_settings(
-        {"data_dir": str(tmp_path), "ingress_max_inflight": 1, "admission_max_wait_s": 0.5, "rate_limit_rpm": 0}, environ={},
+        {"data_dir": str(tmp_path), "ingress_max_inflight": 1, "admission_max_wait_s": 0.5, "rate_limit_rpm": 0},
+        environ={},
     )
     token = tokens.create_token(settings.tokens_file, "acme")
     ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(5)])

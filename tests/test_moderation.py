@@ -18,7 +18,11 @@ needs_eval = pytest.mark.usefixtures("eval_dir")
 
 def test_policy_blocks_only_listed_categories_at_threshold():
     policy = Policy.of(["face_female", "FEET_EXPOSED"], 0.5)
-    found = [Detection("FACE_FEMALE", 0.8, (0, 0, 1, 1)), Detection("FEET_EXPOSED", 0.49, (0, 0, 1, 1)), Detection("FACE_MALE", 0.9, (0, 0, 1, 1))]
+    found = [
+        Detection("FACE_FEMALE", 0.8, (0, 0, 1, 1)),
+        Detection("FEET_EXPOSED", 0.49, (0, 0, 1, 1)),
+        Detection("FACE_MALE", 0.9, (0, 0, 1, 1)),
+    ]
     assert policy.violations(found) == ["FACE_FEMALE"]
     with pytest.raises(ValueError, match="NOT_A_LABEL"):
         Policy.of(["NOT_A_LABEL"], 0.5)

@@ -46,7 +46,7 @@ def test_no_image_is_400():
     assert error({"sku": "x"}).reason == "missing_image"
 
 
-@pytest.mark.parametrize("raw", [b"{", b"[]", b"\"x\"", b"", b"\xff\xfe"])
+@pytest.mark.parametrize("raw", [b"{", b"[]", b'"x"', b"", b"\xff\xfe"])
 def test_malformed_json_is_400(raw):
     assert error(raw).reason == "malformed_json"
 

@@ -17,7 +17,7 @@ from pipeline.storage import LocalStorage, load_or_create_key
 def parts(url: str) -> tuple[str, str, str]:
     u = urlparse(url)
     q = parse_qs(u.query)
-    return u.path[len("/results/"):], q["expires"][0], q["signature"][0]
+    return u.path[len("/results/") :], q["expires"][0], q["signature"][0]
 
 
 def test_put_sign_read_expire_cleanup(tmp_path):

@@ -69,10 +69,17 @@ def rsa_key():
 @pytest.fixture(scope="module")
 def key_file(rsa_key, tmp_path_factory):
     """A service-account key file like the one Google issues (the key is made here)."""
-    pem = rsa_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    pem = rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     info = {
-        "type": "service_account", "project_id": "test-project", "private_key_id": "k1", "private_key": pem,
-        "client_email": EMAIL, "client_id": "1", "token_uri": "https://oauth2.googleapis.com/token",
+        "type": "service_account",
+        "project_id": "test-project",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": EMAIL,
+        "client_id": "1",
+        "token_uri": "https://oauth2.googleapis.com/token",
     }
     path = tmp_path_factory.mktemp("sa") / "key.json"
     path.write_text(json.dumps(info))
@@ -88,7 +95,9 @@ def verify_v4(url: str, public_key, now: float | None = None) -> dict[str, str]:
     canonical_query = "&".join(f"{k}={v}" for k, v in sorted(raw) if k != "X-Goog-Signature")
     canonical_request = "\n".join(["GET", u.path, canonical_query, f"host:{u.netloc}", "", "host", "UNSIGNED-PAYLOAD"])
     scope = params["X-Goog-Credential"].split("/", 1)[1]
-    to_sign = "\n".join(["GOOG4-RSA-SHA256", params["X-Goog-Date"], scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
+    to_sign = "\n".join(
+        ["GOOG4-RSA-SHA256", params["X-Goog-Date"], scope, hashlib.sha256(canonical_request.encode()).hexdigest()]
+    )
     public_key.verify(bytes.fromhex(params["X-Goog-Signature"]), to_sign.encode(), padding.PKCS1v15(), hashes.SHA256())
     issued = dt.datetime.strptime(params["X-Goog-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
     if now is not None and now > issued + int(params["X-Goog-Expires"]):
@@ -105,7 +114,7 @@ class LocalBackend:
     def get(self, url, now=None):
         u = urlparse(url)
         q = parse_qs(u.query)
-        return self.storage.read_signed(u.path[len("/results/"):], q["expires"][0], q["signature"][0], now=now)
+        return self.storage.read_signed(u.path[len("/results/") :], q["expires"][0], q["signature"][0], now=now)
 
     def verify(self, url, now=None):
         self.get(url, now)
@@ -223,8 +232,13 @@ def test_startup_check_passes_and_fails_clearly(gcs_emulator, key_file, monkeypa
 ROLE_PERMISSIONS = {
     "roles/storage.objectCreator": {"storage.objects.create"},
     "roles/storage.objectViewer": {"storage.objects.get", "storage.objects.list"},
-    "roles/storage.objectUser": {"storage.objects.create", "storage.objects.get", "storage.objects.list",
-                                 "storage.objects.update", "storage.objects.delete"},
+    "roles/storage.objectUser": {
+        "storage.objects.create",
+        "storage.objects.get",
+        "storage.objects.list",
+        "storage.objects.update",
+        "storage.objects.delete",
+    },
 }
 
 
@@ -303,6 +317,7 @@ def bucket_with_roles(emulator: Emulator, roles: set[str]):
 
 def test_startup_check_needs_only_the_roles_setup_sh_grants(gcs_emulator, key_file, monkeypatch):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+
     def stored():
         return {b.name for b in gcs_emulator.client().list_blobs(gcs_emulator.bucket)}
 

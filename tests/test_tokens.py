@@ -30,13 +30,18 @@ def test_cli_prints_token_alone_on_one_line(tmp_path):
     env = {**os.environ, "CUTOUT_DATA_DIR": str(tmp_path)}
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "--config", str(tmp_path / "none.yaml"), "token", "create", "acme"],
-        capture_output=True, text=True, env=env, check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
     )
     lines = out.stdout.splitlines()
     assert len(lines) == 1 and lines[0].startswith(tokens.TOKEN_PREFIX)
     assert tokens.TokenStore(tmp_path / "tokens.json").lookup(lines[0]) == "acme"
     bad = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "--config", str(tmp_path / "none.yaml"), "token", "create", "../etc"],
-        capture_output=True, text=True, env=env,
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert bad.returncode == 2 and "organization" in bad.stderr

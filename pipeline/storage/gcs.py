@@ -66,7 +66,7 @@ def storage_client(emulator: str | None = None) -> Any:
 
 def parse_gs_uri(uri: str) -> tuple[str, str]:
     """``gs://bucket/prefix`` -> (bucket, prefix without slashes at the ends)."""
-    bucket, _, prefix = uri[len("gs://"):].partition("/")
+    bucket, _, prefix = uri[len("gs://") :].partition("/")
     return bucket, prefix.strip("/")
 
 
@@ -175,8 +175,7 @@ def choose_signer(iam_endpoint: str = IAM_ENDPOINT, service_account: str | None 
             email = None
     if not email or email == "default":
         raise StorageConfigError(
-            "cannot sign result URLs: the ambient credentials name no service account; "
-            "set CUTOUT_GCS_SIGNING_SERVICE_ACCOUNT"
+            "cannot sign result URLs: the ambient credentials name no service account; set CUTOUT_GCS_SIGNING_SERVICE_ACCOUNT"
         )
     return iam_signing_credentials(IamSigner(email, ambient, iam_endpoint)), f"IAM signBlob as {email}"
 
@@ -244,7 +243,9 @@ class GCSStorage(ResultStorage):
                 retry=self._retry(),
             )
         except Exception as exc:
-            raise unavailable("Result storage is unavailable; try again.", retry_after=5, internal=f"GCS upload: {type(exc).__name__}") from None
+            raise unavailable(
+                "Result storage is unavailable; try again.", retry_after=5, internal=f"GCS upload: {type(exc).__name__}"
+            ) from None
         return name
 
     def _signer(self) -> Any:
@@ -269,7 +270,9 @@ class GCSStorage(ResultStorage):
         except StorageConfigError as exc:
             raise unavailable("Result URLs cannot be signed right now; try again.", retry_after=5, internal=str(exc)) from None
         except Exception as exc:
-            raise unavailable("Result URLs cannot be signed right now; try again.", retry_after=5, internal=type(exc).__name__) from None
+            raise unavailable(
+                "Result URLs cannot be signed right now; try again.", retry_after=5, internal=type(exc).__name__
+            ) from None
 
     def metadata(self, name: str) -> dict[str, Any]:
         """The metadata stored with ``name``."""

@@ -245,8 +245,10 @@ def test_413_when_content_length_is_absent_or_understated(service):
 
     host, port = service.url.rsplit("//", 1)[1].split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        head = (f"POST /product/cutout HTTP/1.1\r\nHost: {host}\r\napi_token: {service.token}\r\n"
-                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
+        head = (
+            f"POST /product/cutout HTTP/1.1\r\nHost: {host}\r\napi_token: {service.token}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        ).encode()
         sock.sendall(head + b'{"file": "' + b"A" * 2_000_000)
         reply = sock.recv(4096).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 4"), reply[:200]

@@ -7,16 +7,16 @@ STORAGE_EMULATOR_HOST set; URLs are signed with a locally generated service-acco
 
 from __future__ import annotations
 
+import io
 import time
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
-import io
 
-from tests.images import b64, encode, rgba_with_alpha
 from tests.harness import running_service
+from tests.images import b64, encode, rgba_with_alpha
 from tests.test_storage_backends import key_file, rsa_key, verify_v4  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration

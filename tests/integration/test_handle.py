@@ -39,11 +39,15 @@ def test_handle_cutout_from_a_separate_driver(service):
     http = service.post({"file": b64(encode(im, "PNG")), "preserve_alpha": True, "sku": "H-1"}).json()
     out = subprocess.run(
         [sys.executable, "-c", DRIVER, service.ray_address],
-        input=b64(encode(im, "PNG")), capture_output=True, text=True, env=service.env, timeout=180,
+        input=b64(encode(im, "PNG")),
+        capture_output=True,
+        text=True,
+        env=service.env,
+        timeout=180,
     )
     line = next((row for row in out.stdout.splitlines() if row.startswith("RESULT ")), None)
     assert line, out.stdout[-2000:] + out.stderr[-3000:]
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     ok = result["ok"]
     assert set(ok) == set(http) and ok["crop"] == http["crop"] and ok["source"] == http["source"] and ok["sku"] == "H-1"
     assert "/results/acme/" in ok["result_url"]

@@ -20,8 +20,13 @@ def test_no_token_in_any_log(service):
     # make sure at least one request with each token, and a wrong one, went through
     for token in (service.token, service.other_token, service.limited_token, "ct_wrong-token-for-the-log-test"):
         service.post({"file": "AAAA"}, token=token)
-    secrets = [service.token, service.other_token, service.limited_token, "ct_wrong-token-for-the-log-test",
-               "ct_not-a-real-token-value"]
+    secrets = [
+        service.token,
+        service.other_token,
+        service.limited_token,
+        "ct_wrong-token-for-the-log-test",
+        "ct_not-a-real-token-value",
+    ]
     files = list(_log_files(service.log_dir, service.data_dir))
     assert any("replica" in f.name.lower() or "serve" in str(f).lower() for f in files), "no Serve logs found"
     scanned = 0
