@@ -28,6 +28,21 @@ def _unavailable_types() -> tuple[type[BaseException], ...]:
     return serve_types + ray_types + (asyncio.TimeoutError, TimeoutError)
 
 
+def lost_object(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says a Ray object was lost or freed before it was read."""
+    from ray.exceptions import ObjectLostError
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ObjectLostError):
+            return True
+        cause = getattr(seen, "cause", None)
+        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    return False
+
+
 def to_cutout_error(exc: BaseException, request_id: str) -> CutoutError:
     """The client-facing error for ``exc``; unexpected ones are logged and become a bare 500.
 

@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from deployments.errors import to_cutout_error
+from deployments.errors import lost_object, to_cutout_error
 from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
 from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
 from pipeline.ratelimit import DenialCache, retry_after_header
@@ -260,19 +260,41 @@ class Ingress:
 
     async def _run(self, org: str, req: CutoutRequest, request_id: str) -> tuple[dict[str, Any], Timings]:
         try:
-            return await asyncio.wait_for(self._pipeline(org, req, request_id), timeout=self.settings.request_timeout_s)
+            return await asyncio.wait_for(
+                self._pipeline_retrying_lost_images(org, req, request_id), timeout=self.settings.request_timeout_s
+            )
         except asyncio.TimeoutError:
             raise unavailable("The request took too long; try again.", retry_after=5, internal="request timeout") from None
+
+    async def _pipeline_retrying_lost_images(
+        self, org: str, req: CutoutRequest, request_id: str
+    ) -> tuple[dict[str, Any], Timings]:
+        """The pipeline, run once more when the stored image was lost between stages.
+
+        Every stage before the upload is idempotent and the upload is create-only, so a second
+        run is safe. Under load Ray now and then frees the image the fetcher stored before the
+        uploader reads it (``ReferenceCountingAssertionError``: the fetcher owns the object and
+        the ingress only borrows it); the object is also lost when the fetcher's replica dies.
+        """
+        try:
+            return await self._pipeline(org, req, request_id)
+        except Exception as exc:
+            if not lost_object(exc):
+                raise
+            logger.warning(
+                "request %s: the stored image was lost between stages (%s); running it once more", request_id, type(exc).__name__
+            )
+        return await self._pipeline(org, req, request_id)
 
     async def _pipeline(self, org: str, req: CutoutRequest, request_id: str) -> tuple[dict[str, Any], Timings]:
         # The decoded image stays in Ray's object store: the fetcher returns a reference to it
         # and the model-sized input; the reference goes on to the moderator and uploader, and
         # the segmenter (the GPU stage) receives only the model-sized input. The segmenter's
-        # response is chained into the uploader without coming back here.
+        # answer, a model-sized mask, comes back here and goes on to the uploader by value.
         fetched = await self.fetcher.load.remote(req.image_url, req.file, req.force_rmbg)
         if req.content_moderation:
             await self.moderator.check_input.remote(fetched.image)
-        segmentation = self.segmenter.segment.remote(fetched.model_input)
+        segmentation = await self.segmenter.segment.remote(fetched.model_input)
         options = CutoutOptions(org, req.sku, req.force_rmbg, req.preserve_alpha, request_id)
         return await self.uploader.finish.remote(fetched.image, segmentation, options, req.content_moderation)
 

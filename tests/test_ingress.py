@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 import ray.exceptions
 from ray.serve.exceptions import BackPressureError
 
@@ -131,3 +132,44 @@ def test_an_organization_over_its_limit_gets_429_even_when_the_pipeline_is_full(
         assert response.status_code == 429 and response.headers["retry-after"] in ("7", "8")
         assert json.loads(response.body)["error"]["reason"] == "rate_limited"
     assert not body_read
+
+
+class _Calls:
+    """A handle method answering from a list, one item per call (an exception is raised)."""
+
+    def __init__(self, *answers):
+        self.answers = list(answers)
+        self.calls = 0
+
+    def remote(self, *args):
+        self.calls += 1
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+        async def go():
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        return go()
+
+
+def test_an_image_lost_between_stages_is_run_once_more_not_answered_503(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.request import parse_fields
+
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    fetcher, segmenter, uploader = FakeHandle(True), FakeHandle(True), FakeHandle(True)
+    fetcher.load = _Calls(SimpleNamespace(image="ref", model_input=None))
+    segmenter.segment = _Calls("mask")
+    lost = ray.exceptions.ReferenceCountingAssertionError("00" * 28, "", "")
+    uploader.finish = _Calls(lost, ({"result_url": "u"}, {}))
+    ingress = Ingress.func_or_class(settings, fetcher, segmenter, FakeHandle(True), uploader, FakeHandle(True))
+    request = parse_fields({"file": "x"})
+    body, _ = asyncio.run(ingress._run("acme", request, "rid"))
+    assert body == {"result_url": "u"} and fetcher.load.calls == 2 and uploader.finish.calls == 2
+    # a second loss is not retried again: the client gets the retryable 503
+    uploader.finish = _Calls(lost)
+    with pytest.raises(Exception) as failed:
+        asyncio.run(ingress._run("acme", request, "rid"))
+    assert to_cutout_error(failed.value, "rid").status == 503 and uploader.finish.calls == 2
