@@ -359,6 +359,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--duration-s", type=float, default=60)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", default="", help="comma-separated loads to run (unloaded,c4,c8,limited,refusals,storm,open,flood)")
     args = parser.parse_args()
     data = images(args.images)
     text = report(measure(data, args.duration_s), args.duration_s)

@@ -39,8 +39,8 @@ TOKEN_HEADERS = ("api_token", "api-token")
 HEALTH_TIMEOUT_S = 2.0
 # Refusals a second answered at once, per unit of the measured service rate (at least
 # MIN_FAST_REFUSALS_PER_S): a client honouring Retry-After stays well within it.
-FAST_REFUSALS_PER_IMAGE = 8
-MIN_FAST_REFUSALS_PER_S = 10.0
+FAST_REFUSALS_PER_IMAGE = 4
+MIN_FAST_REFUSALS_PER_S = 5.0
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -234,7 +234,8 @@ class Ingress:
         if wait <= 0:
             wait = await self.limiter.acquire.remote(org, rpm)
             if wait > 0:
-                self.denials.deny(org, wait)
+                # as long as the Retry-After it is told: a client honouring it is not back sooner
+                self.denials.deny(org, retry_after_header(wait))
         if wait > 0:
             raise CutoutError(
                 429,

@@ -281,7 +281,7 @@ class Settings(BaseModel):
         ge=0,
         le=1,
         **_doc(
-            "Most a refusal (429 or 503) is held before it is answered when refusals come faster than the service's budget (8 per image it finishes a second, at least 10/s): a client that retries without waiting for `Retry-After` then costs a few requests a second instead of the CPU that admitted requests need. Clients that honour `Retry-After` are answered at once. 0 = never held.",
+            "Most a refusal (429 or 503) is held before it is answered when refusals come faster than the service's budget (4 per image it finishes a second, at least 5/s): a client that retries without waiting for `Retry-After` then costs a few requests a second instead of the CPU that admitted requests need. Clients that honour `Retry-After` are answered at once. 0 = never held.",
             "seconds",
         ),
     )
