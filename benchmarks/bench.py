@@ -439,15 +439,19 @@ async def open_loop(
 
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=200)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        tasks = []
-        started = time.perf_counter()
-        for i in range(int(rate * duration_s)):
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(client, *data[i % len(data)])))
+        tasks = [asyncio.create_task(one(client, *data[i % len(data)])) async for i in arrivals(rate, duration_s)]
         await asyncio.gather(*tasks)
     return results
+
+
+async def arrivals(rate: float, duration_s: float):
+    """Yields 0, 1, 2, ... at ``rate`` a second for ``duration_s``, whatever the answers (open loop)."""
+    started = time.perf_counter()
+    for i in range(int(rate * duration_s)):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield i
 
 
 def stage_report(name: str, timings: list[dict[str, float]]) -> tuple[str, list[str]]:

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import ClusterWatch, images, machine, pct  # noqa: E402
+from benchmarks.bench import ClusterWatch, arrivals, images, machine, pct  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
 MAX_WAIT_S = Settings.model_fields["admission_max_wait_s"].default
@@ -144,13 +144,8 @@ async def sequential(client: Client, token: str, count: int, org: str, run: Run,
 async def open_loop(client: Client, token: str, rate: float, duration_s: float) -> Run:
     run = Run()
     async with _http(1000) as http:
-        tasks = []
         started = time.perf_counter()
-        for i in range(int(rate * duration_s)):
-            delay = started + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(client.send(http, token, run, "acme")))
+        tasks = [asyncio.create_task(client.send(http, token, run, "acme")) async for _ in arrivals(rate, duration_s)]
         await asyncio.gather(*tasks)
         run.wall = time.perf_counter() - started
     return run
@@ -359,7 +354,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--duration-s", type=float, default=60)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--only", default="", help="comma-separated loads to run (unloaded,c4,c8,limited,refusals,storm,open,flood)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated loads to run (unloaded,c4,c8,limited,refusals,storm,open,flood)"
+    )
     args = parser.parse_args()
     data = images(args.images)
     text = report(measure(data, args.duration_s), args.duration_s)

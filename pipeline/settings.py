@@ -259,11 +259,11 @@ class Settings(BaseModel):
         ),
     )
     ingress_max_inflight: int = Field(
-        3,
+        2,
         ge=1,
         le=100000,
         **_doc(
-            "Cutout requests one ingress replica lets into the pipeline at once; more wait in a queue per organization, served in turn (docs/api.md, Admission). Enough to keep the segmenters busy and no more: more only lengthens the queues inside the stages, where the fair order does not hold (3 measured best on one 2-core machine, docs/benchmarks.md; see cluster/serve_config.gpu.yaml).",
+            "Cutout requests one ingress replica lets into the pipeline at once; more wait in a queue per organization, served in turn (docs/api.md, Admission). Enough to keep the segmenters busy and no more: more only lengthens the queues inside the stages, where the fair order does not hold (2 measured best on one 2-core machine: the 4-client throughput of 3 and a shorter pipeline time, so a polite organization waits less behind a flood; docs/benchmarks.md; see cluster/serve_config.gpu.yaml).",
             "requests",
         ),
     )
