@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: venv serve test eval bench clean
+.PHONY: venv serve test eval bench bench-load clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ eval: $(STAMP)
 ## too when REMBG_PYTHON names a python with rembg[cpu,cli]); writes docs/benchmarks.md.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(if $(REMBG_PYTHON),--rembg-python $(REMBG_PYTHON)) --out docs/benchmarks.md
+	$(BIN)/python benchmarks/load.py --out docs/benchmarks.md
+
+## Only the loads real clients send (benchmarks/load.py), into its section of docs/benchmarks.md.
+bench-load: $(STAMP)
+	$(BIN)/python benchmarks/load.py --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -30,7 +30,14 @@ for kwargs in ({"org": "acme", "file": "!!!"}, {"org": "acme"}, {"org": "../evil
         errors.append(None)
     except CutoutError as e:
         errors.append({"status": e.status, "reason": e.reason, "parameter": e.parameter, "body": e.to_body()})
-print("RESULT " + json.dumps({"ok": ok, "errors": errors}))
+limited = []  # the organization "limited" is at 30 a minute (burst 5): the same limit as over HTTP
+for _ in range(8):
+    try:
+        handle.cutout.remote(org="limited", file="!!!").result()
+        limited.append(None)
+    except CutoutError as e:
+        limited.append({"status": e.status, "reason": e.reason, "retry_after": e.retry_after})
+print("RESULT " + json.dumps({"ok": ok, "errors": errors, "limited": limited}))
 """
 
 
@@ -57,3 +64,7 @@ def test_handle_cutout_from_a_separate_driver(service):
     assert (missing["status"], missing["reason"]) == (400, "missing_image")
     assert (bad_org["status"], bad_org["parameter"]) == (400, "org")
     assert bad_b64["body"]["error"]["code"] == 400
+    limited = result["limited"]
+    assert {e["status"] for e in limited} <= {400, 429}, limited  # 400: admitted, then the bad base64
+    refused = [e for e in limited if e["status"] == 429]
+    assert len(refused) >= 3 and all(e["reason"] == "rate_limited" and e["retry_after"] >= 1 for e in refused), limited
