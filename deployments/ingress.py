@@ -185,9 +185,18 @@ class Ingress:
 
         Refused with 503 ``overloaded`` only when the expected wait is over
         ``CUTOUT_ADMISSION_MAX_WAIT_S``; ``Retry-After`` says when the queue should have room.
+        A queued request waits at most ``CUTOUT_REQUEST_TIMEOUT_S`` (the estimate can be wrong,
+        e.g. while a stage hangs), then it is a 503 too, and leaves the queue.
         """
         try:
-            granted = await self.admission.acquire(org)
+            granted = await asyncio.wait_for(self.admission.acquire(org), timeout=self.settings.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise unavailable(
+                "The service is at capacity; try again shortly.",
+                retry_after=max(1, round(self.settings.admission_max_wait_s)),
+                internal="waited in the admission queue for the whole request timeout",
+                reason="overloaded",
+            ) from None
         except Overloaded as exc:
             raise unavailable(
                 "The service is at capacity; try again shortly.",

@@ -173,3 +173,21 @@ def test_an_image_lost_between_stages_is_run_once_more_not_answered_503(tmp_path
     with pytest.raises(Exception) as failed:
         asyncio.run(ingress._run("acme", request, "rid"))
     assert to_cutout_error(failed.value, "rid").status == 503 and uploader.finish.calls == 2
+
+
+def test_a_queued_request_waits_no_longer_than_the_request_timeout(tmp_path):
+    settings = load_settings(
+        {"data_dir": str(tmp_path), "ingress_max_inflight": 1, "admission_max_wait_s": 30, "request_timeout_s": 0.2}, environ={}
+    )
+    ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(5)])
+
+    async def go():
+        async with ingress._admit("stuck"):  # a request that never finishes holds the only slot
+            with pytest.raises(CutoutError) as refused:
+                async with ingress._admit("acme"):
+                    pass
+            return refused.value
+
+    error = asyncio.run(go())
+    assert (error.status, error.reason) == (503, "overloaded") and error.retry_after >= 1
+    assert ingress.admission.queued == 0 and ingress.admission.inflight == 0
