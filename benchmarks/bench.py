@@ -311,6 +311,13 @@ def sizes_report(results: list[dict[str, Any]]) -> str:
 # --- over HTTP -------------------------------------------------------------------------------
 
 
+def replica_name(title: str) -> str | None:
+    """The deployment of a Serve replica process from its title, or None for other processes."""
+    if "ServeReplica:" not in title:
+        return None
+    return title.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+
+
 class ClusterWatch:
     """CPU time of a process tree, and resident memory of each Serve replica in it."""
 
@@ -341,9 +348,8 @@ class ClusterWatch:
         out = {}
         for p in self.processes():
             try:
-                title = " ".join(p.cmdline())
-                if "ServeReplica:" in title:
-                    name = title.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+                name = replica_name(" ".join(p.cmdline()))
+                if name:
                     out[f"{name}#{p.pid}"] = p.memory_info().rss
             except psutil.Error:
                 pass

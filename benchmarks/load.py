@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import ClusterWatch, arrivals, images, machine, pct  # noqa: E402
+from benchmarks.bench import ClusterWatch, arrivals, images, machine, pct, replica_name  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
 MAX_WAIT_S = Settings.model_fields["admission_max_wait_s"].default
@@ -192,12 +192,7 @@ def role_cpu(watch: ClusterWatch) -> dict[str, float]:
             times = proc.cpu_times()
         except Exception:
             continue
-        if "ProxyActor" in title:
-            role = "proxy"
-        elif "ServeReplica:" in title:
-            role = title.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
-        else:
-            role = "other"
+        role = "proxy" if "ProxyActor" in title else replica_name(title) or "other"
         out[role] = out.get(role, 0.0) + times.user + times.system
     return out
 

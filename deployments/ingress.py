@@ -107,7 +107,7 @@ class Ingress:
                 record = self._authenticate(request)
                 org = record.org
                 # the rate limit first: an organization over it never takes a pipeline slot
-                await self._rate_limit(org, self._rpm(record))
+                await self._rate_limit(org, self._limit(record.rpm))
                 async with self._admit(org):  # queued, or 503 before the body is read
                     body = await self._read_body(request)
                     # a 16 MB JSON body takes tens of ms to parse: not on the event loop
@@ -170,7 +170,7 @@ class Ingress:
             "content_moderation": content_moderation,
         }
         try:
-            await self._rate_limit(org, self._org_rpm(org))
+            await self._rate_limit(org, self._limit(self.tokens.org_rpm(org)))
             async with self._admit(org):
                 body, _ = await self._run(org, parse_fields(fields), request_id)
             return body
@@ -226,12 +226,9 @@ class Ingress:
             raise unauthorized()
         return record
 
-    def _rpm(self, record: TokenRecord) -> int:
-        return self.settings.rate_limit_rpm if record.rpm is None else record.rpm
-
-    def _org_rpm(self, org: str) -> int:
-        """The limit of an in-cluster caller: the organization's token override, if it has one."""
-        override = self.tokens.org_rpm(org)
+    def _limit(self, override: int | None) -> int:
+        """Requests a minute: a token's (or, for in-cluster callers, the organization's) own
+        override, else ``CUTOUT_RATE_LIMIT_RPM``."""
         return self.settings.rate_limit_rpm if override is None else override
 
     async def _rate_limit(self, org: str, rpm: int) -> None:

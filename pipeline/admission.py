@@ -28,7 +28,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 # Weight of the newest pipeline time in the moving average: a slower pipeline counts at once
 # (an estimate that lags would queue more than the wait limit allows), a faster one gradually.
@@ -43,11 +42,6 @@ class Overloaded(Exception):
         super().__init__(f"expected wait {expected_wait_s:.1f} s")
         self.expected_wait_s = expected_wait_s
         self.retry_after_s = retry_after_s
-
-
-@dataclass
-class _Org:
-    waiters: deque = field(default_factory=deque)
 
 
 class FairAdmission:
@@ -70,13 +64,13 @@ class FairAdmission:
         self.pipeline_s = initial_pipeline_s
         self.clock = clock
         self.inflight = 0
-        self._orgs: dict[str, _Org] = {}
+        self._queues: dict[str, deque[asyncio.Future]] = {}  # waiters per organization
         self._turns: deque[str] = deque()  # organizations with waiters, in round-robin order
 
     @property
     def queued(self) -> int:
         """Requests waiting for a slot."""
-        return sum(len(o.waiters) for o in self._orgs.values())
+        return sum(len(q) for q in self._queues.values())
 
     def rate(self) -> float:
         """Requests per second this replica's full pipeline finishes (measured)."""
@@ -86,10 +80,10 @@ class FairAdmission:
         """Seconds a new request of ``org`` would wait for a slot (0 when one is free)."""
         if self.inflight < self.slots and not self._turns:
             return 0.0
-        own = len(self._orgs[org].waiters) if org in self._orgs else 0
+        own = len(self._queues.get(org, ()))
         # Round-robin serves every waiting organization once per round: the new request goes in
         # round own+1, behind up to own+1 requests of each other organization.
-        ahead = own + 1 + sum(min(len(o.waiters), own + 1) for name, o in self._orgs.items() if name != org)
+        ahead = own + 1 + sum(min(len(q), own + 1) for name, q in self._queues.items() if name != org)
         return ahead / self.rate()
 
     async def acquire(self, org: str) -> float:
@@ -108,10 +102,10 @@ class FairAdmission:
         if wait > self.max_wait_s:
             raise Overloaded(wait, max(1, math.ceil(wait - self.max_wait_s)))
         waiter: asyncio.Future = asyncio.get_running_loop().create_future()
-        entry = self._orgs.setdefault(org, _Org())
-        if not entry.waiters:
+        queue = self._queues.setdefault(org, deque())
+        if not queue:
             self._turns.append(org)
-        entry.waiters.append(waiter)
+        queue.append(waiter)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -134,24 +128,24 @@ class FairAdmission:
             self.pipeline_s += (_EWMA_UP if held > self.pipeline_s else _EWMA_DOWN) * (held - self.pipeline_s)
         while self._turns:
             org = self._turns.popleft()
-            entry = self._orgs[org]
-            waiter = entry.waiters.popleft()
-            if entry.waiters:
+            queue = self._queues[org]
+            waiter = queue.popleft()
+            if queue:
                 self._turns.append(org)
             else:
-                del self._orgs[org]
+                del self._queues[org]
             if not waiter.done():
                 waiter.set_result(now)  # the slot passes on: inflight unchanged
                 return
         self.inflight -= 1
 
     def _forget(self, org: str, waiter: asyncio.Future) -> None:
-        entry = self._orgs.get(org)
-        if entry is None or waiter not in entry.waiters:
+        queue = self._queues.get(org)
+        if queue is None or waiter not in queue:
             return
-        entry.waiters.remove(waiter)
-        if not entry.waiters:
-            del self._orgs[org]
+        queue.remove(waiter)
+        if not queue:
+            del self._queues[org]
             self._turns.remove(org)
 
 
