@@ -6,7 +6,10 @@
     cutout token init-local [ORG]      first start of `make serve`: a token for ORG in a 0600 file
     cutout settings [--check]          the settings table, or validate the current settings
     cutout eval [--set S] [--predictions NAME=DIR ...]
-                                       quality of the real pipeline on ../shared/eval (see docs/quality.md)
+                                       quality of the real pipeline on the evaluation set (see docs/quality.md)
+    cutout weights pull MODEL --to PATH|gs://BUCKET/PREFIX [--revision COMMIT] [--sha256 HEX] [--accept-licence]
+                                       a model's published checkpoint from the Hugging Face hub, verified
+                                       and stored as safetensors; prints the settings to use
 
 The tokens file is the one the service uses: ``args`` of ``serve_config.yaml`` (``--config``)
 overridden by ``CUTOUT_*`` environment variables.
@@ -60,7 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("settings", help="print the settings table or check the current settings")
     st.add_argument("--check", action="store_true")
     evaluation_cli.add_arguments(sub.add_parser("eval", help="score the pipeline on images with ground truth"))
+    weights = sub.add_parser("weights", help="model weights").add_subparsers(dest="action", required=True)
+    pull = weights.add_parser("pull", help="download a published checkpoint (HF_ENDPOINT, HF_TOKEN), verify and store it")
+    pull.add_argument("model", help="registry name, e.g. birefnet-general")
+    pull.add_argument("--to", required=True, help="a local folder or gs://BUCKET/PREFIX")
+    pull.add_argument("--revision", default=None, help="hub commit (40 hex digits); default: the one this version pins")
+    pull.add_argument("--sha256", default=None, help="the file's SHA-256, for a revision this version does not pin")
+    pull.add_argument("--accept-licence", action="store_true", help="accept a licence that forbids commercial use")
     args = parser.parse_args(argv)
+    if args.command == "weights":
+        return _weights_pull(args)
 
     try:
         if args.command == "settings":
@@ -92,6 +104,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"cutout: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _weights_pull(args: argparse.Namespace) -> int:
+    from pipeline.models.pull import PullError, pull_weights
+
+    try:
+        result = pull_weights(args.model, args.to, revision=args.revision, accept_licence=args.accept_licence, sha256=args.sha256)
+    except PullError as exc:
+        print(f"cutout: {exc}", file=sys.stderr)
+        return 2
+    how = "converted to safetensors" if result.converted else "stored as published"
+    print(f"{result.repo}@{result.revision}: sha256 {result.source_sha256} verified, {how}: {result.uri}")
+    print(f"Licence: {result.licence}")
+    print("Settings:")
+    for name, value in result.settings().items():
+        print(f"  {name}={value}")
     return 0
 
 

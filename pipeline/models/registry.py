@@ -54,6 +54,34 @@ class PackagedFile:
 
 
 @dataclass(frozen=True)
+class HubCheckpoint:
+    """Where the published weights of a model live on the Hugging Face hub, pinned.
+
+    ``cutout weights pull`` downloads ``filename`` of ``repo`` at a revision and refuses it
+    unless its SHA-256 is the one pinned here for that revision (or, for a revision not pinned
+    here, one the operator passes after checking it on the hub's file page). A revision is a
+    40-hex commit: branch names move, a pin to one would not mean anything.
+
+    Attributes:
+        repo: Hub repository, ``owner/name``.
+        filename: The weights file in the repository.
+        revision: The default revision (a commit of ``repo``), or None when none is pinned.
+        pins: ``(revision, sha256)`` pairs: the published file's SHA-256 at each revision.
+        source: Where each pin was read, so that a reviewer can check it.
+    """
+
+    repo: str
+    filename: str
+    revision: str | None
+    pins: tuple[tuple[str, str], ...]
+    source: str
+
+    def pinned_sha256(self, revision: str) -> str | None:
+        """The SHA-256 pinned for ``revision``, or None."""
+        return dict(self.pins).get(revision)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """How to build, load and feed one registered model.
 
@@ -74,6 +102,9 @@ class ModelSpec:
             ship, the operator configures them (``CUTOUT_SEGMENTER_WEIGHTS_URI``).
         loader: ``module:callable(spec, cache_dir)`` returning the model with the default
             weights (those of ``onnx``), or None.
+        commercial_use: Whether the weights' licence allows commercial use (``cutout weights
+            pull`` asks for ``--accept-licence`` when it does not).
+        hub: The published checkpoint on the Hugging Face hub, or None.
     """
 
     name: str
@@ -88,6 +119,8 @@ class ModelSpec:
     licence: str
     onnx: PackagedFile | None = None
     loader: str | None = None
+    commercial_use: bool = True
+    hub: HubCheckpoint | None = None
 
     def build(self) -> Any:
         """The architecture with random weights (imports torch).
@@ -135,7 +168,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _birefnet(name: str, variant: str, patch_order: str, licence: str) -> ModelSpec:
+def _birefnet(
+    name: str, variant: str, patch_order: str, licence: str, hub: HubCheckpoint, commercial_use: bool = True
+) -> ModelSpec:
     return ModelSpec(
         name=name,
         architecture="birefnet",
@@ -147,10 +182,12 @@ def _birefnet(name: str, variant: str, patch_order: str, licence: str) -> ModelS
         normalisation="unit",
         key_map="pipeline.models.birefnet:map_published_keys",
         licence=licence,
+        commercial_use=commercial_use,
+        hub=hub,
     )
 
 
-def _isnet(name: str, licence: str) -> ModelSpec:
+def _isnet(name: str, licence: str, hub: HubCheckpoint | None = None, commercial_use: bool = True) -> ModelSpec:
     # DIS normalises [0, 1] pixels with mean 0.5 and std 1.0 (IS-Net/Inference.py; RMBG-1.4's
     # preprocessor_config.json says the same).
     return ModelSpec(
@@ -164,7 +201,32 @@ def _isnet(name: str, licence: str) -> ModelSpec:
         normalisation="unit",
         key_map=None,
         licence=licence,
+        commercial_use=commercial_use,
+        hub=hub,
     )
+
+
+# The hub's pins. These SHA-256 values could not be computed here (the hub is out of reach of
+# the machines this was written on); each was read where another project pins the same file at
+# the same commit, named in ``source``. A revision with no pin is refused unless the operator
+# passes the hash from the file's hub page (``--sha256``); docs/models.md says how.
+BIREFNET_GENERAL_HUB = HubCheckpoint(
+    repo="ZhengPeng7/BiRefNet",
+    filename="model.safetensors",
+    revision="e2bf8e4460fc8fa32bba5ea4d94b3233d367b0e4",
+    pins=(("e2bf8e4460fc8fa32bba5ea4d94b3233d367b0e4", "9ab37426bf4de0567af6b5d21b16151357149139362e6e8992021b8ce356a154"),),
+    source="pinned at that commit (444473596 bytes) by two independent projects' download manifests",
+)
+BIREFNET_LITE_HUB = HubCheckpoint(
+    repo="ZhengPeng7/BiRefNet_lite",
+    filename="model.safetensors",
+    revision="aa62cd87eafb9cc43056d08ef3615a14628b831d",
+    pins=(("aa62cd87eafb9cc43056d08ef3615a14628b831d", "4417d89795250e698c3cb0ae8df15743810065f646f48a694fdfa7ca052d0815"),),
+    source="pinned at that commit by an ONNX export script that verifies its download",
+)
+# Gated on the hub (accept BRIA's terms there, then HF_TOKEN); no published hash was found.
+RMBG2_HUB = HubCheckpoint(repo="briaai/RMBG-2.0", filename="model.safetensors", revision=None, pins=(), source="none found")
+RMBG14_HUB = HubCheckpoint(repo="briaai/RMBG-1.4", filename="model.pth", revision=None, pins=(), source="none found")
 
 
 _SPECS = [
@@ -198,11 +260,18 @@ _SPECS = [
     # (iopaint/plugins/briarmbg2.py at a89d6e0) and alexgenovese/cog-remove-background-bria-v2
     # (birefnet.py at 7cb8c04) show. tests/test_birefnet.py checks "legacy" against 5198d3f's
     # parent.
-    _birefnet("birefnet-general", "swin_l", "legacy", "MIT (ZhengPeng7/BiRefNet)"),
-    _birefnet("birefnet-lite", "swin_t", "legacy", "MIT (ZhengPeng7/BiRefNet_lite)"),
-    _birefnet("rmbg-2.0", "swin_l", "legacy", "CC BY-NC 4.0 (briaai/RMBG-2.0): non-commercial unless licensed from BRIA"),
-    _isnet("isnet-general-use", "Apache-2.0 (xuebinqin/DIS)"),
-    _isnet("rmbg-1.4", "bria-rmbg-1.4: non-commercial unless licensed from BRIA"),
+    _birefnet("birefnet-general", "swin_l", "legacy", "MIT (ZhengPeng7/BiRefNet)", BIREFNET_GENERAL_HUB),
+    _birefnet("birefnet-lite", "swin_t", "legacy", "MIT (ZhengPeng7/BiRefNet_lite)", BIREFNET_LITE_HUB),
+    _birefnet(
+        "rmbg-2.0",
+        "swin_l",
+        "legacy",
+        "CC BY-NC 4.0 (briaai/RMBG-2.0): non-commercial unless licensed from BRIA",
+        RMBG2_HUB,
+        commercial_use=False,
+    ),
+    _isnet("isnet-general-use", "Apache-2.0 (xuebinqin/DIS)"),  # published on Google Drive, not the hub
+    _isnet("rmbg-1.4", "bria-rmbg-1.4: non-commercial unless licensed from BRIA", RMBG14_HUB, commercial_use=False),
 ]
 
 REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
