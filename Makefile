@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: venv serve test eval bench bench-load clean
+.PHONY: venv serve test eval bench bench-load image manifests lock clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,25 @@ bench: $(STAMP)
 ## Only the loads real clients send (benchmarks/load.py), into its section of docs/benchmarks.md.
 bench-load: $(STAMP)
 	$(BIN)/python benchmarks/load.py --out docs/benchmarks.md
+
+## Build the cpu and gpu images (Dockerfile) tagged as cluster/rendered/*.yaml name them; PUSH=1 pushes them.
+DOCKER ?= docker
+image: $(STAMP)
+	set -e; for target in cpu gpu; do \
+	  tag=$$($(BIN)/python cluster/render.py --print image-$$target); \
+	  $(DOCKER) build --target $$target \
+	    --build-arg RAY_VERSION=$$($(BIN)/python cluster/render.py --print ray-version) \
+	    --build-arg PYTHON_TAG=$$($(BIN)/python cluster/render.py --print python-tag) -t $$tag . ; \
+	  if [ -n "$(PUSH)" ]; then $(DOCKER) push $$tag; fi; \
+	done
+
+## Render cluster/rendered/<profile>.yaml from cluster/values.yaml, the Serve configs and pyproject.toml.
+manifests: $(STAMP)
+	$(BIN)/python cluster/render.py --write
+
+## Pin the image's dependencies (requirements.lock) at the versions installed in .venv.
+lock: $(STAMP)
+	$(BIN)/python cluster/lock.py > requirements.lock
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
