@@ -73,7 +73,9 @@ def _ray_bin(name: str) -> str:
 
 
 @contextlib.contextmanager
-def running_service(args: dict | None = None, env_extra: dict | None = None, as_shipped: bool = False) -> Iterator[Service]:
+def running_service(
+    args: dict | None = None, env_extra: dict | None = None, as_shipped: bool = False, deployments: dict[str, dict] | None = None
+) -> Iterator[Service]:
     """Start a Ray head and the application from a copy of serve_config.yaml; stop both after.
 
     Args:
@@ -81,6 +83,8 @@ def running_service(args: dict | None = None, env_extra: dict | None = None, as_
         env_extra: Extra environment for the cluster (``CUTOUT_*`` overrides among them).
         as_shipped: Keep the deployments' replica settings as serve_config.yaml has them
             (benchmarks); by default tests pin one replica per stage and two ingress replicas.
+        deployments: Options of named deployments to set over those (benchmarks/gpu.py: a GPU
+            for the segmenter).
     """
     data_dir = Path(tempfile.mkdtemp(prefix="cutout-it-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
@@ -101,6 +105,8 @@ def running_service(args: dict | None = None, env_extra: dict | None = None, as_
             deployment["autoscaling_config"]["max_replicas"] = 1
         if deployment["name"] == "Ingress":  # ...but two ingress replicas: limits must hold across them
             deployment["autoscaling_config"].update(min_replicas=2, max_replicas=2)
+    for deployment in app["deployments"]:
+        deployment.update((deployments or {}).get(deployment["name"], {}))
     config_path = data_dir / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     token_path = data_dir / "tokens.json"

@@ -13,7 +13,7 @@
 #      rule does), and its start-up check writes nothing (it asks the bucket for
 #      storage.objects.create and storage.objects.get with testIamPermissions);
 #   3. Workload Identity: the Kubernetes service account of the Ray pods may act as it.
-# Then set CUTOUT_STORAGE_URI=gs://$BUCKET/cutouts on the cluster (cluster/rayservice.yaml).
+# Then set storage_uri: gs://$BUCKET/cutouts in cluster/serve_config.gpu.yaml and `make manifests`.
 set -euo pipefail
 : "${PROJECT:?}" "${REGION:?}" "${BUCKET:?}"
 KSA_NAMESPACE=${KSA_NAMESPACE:-default}
