@@ -1,7 +1,8 @@
 """Ingress deployment: HTTP routing, auth, request validation, orchestration, error mapping.
 
 Routes: ``POST /product/cutout``, ``GET /results/<name>`` (signed result URLs of local
-storage), ``GET /healthz``. In-cluster callers use :meth:`Ingress.cutout` through the app handle.
+storage), ``GET /healthz``, and the pages of :mod:`pipeline.web` (``/``, ``/docs``,
+``/openapi.json``, ``/ui/...``). In-cluster callers use :meth:`Ingress.cutout` through the app handle.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from deployments.errors import lost_object, to_cutout_error
+from pipeline import web
 from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
 from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
 from pipeline.ratelimit import DenialCache, retry_after_header
@@ -120,6 +122,10 @@ class Ingress:
                 response = await self._result(request)
             elif path == HEALTH_ROUTE:
                 response = await self._health()
+            elif request.method in ("GET", "HEAD") and (found := web.page(path, self.settings.public_base_url)):
+                response = Response(
+                    found.body if request.method == "GET" else b"", media_type=found.media_type, headers=found.headers
+                )
             else:
                 raise CutoutError(404, "not_found", "No such route.", None)
         except Exception as exc:  # every failure becomes a JSON error; details go to the log only

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import compose, imageio, refine
+from pipeline.contract import Box, CutoutResult, Size
 from pipeline.errors import moderation_failed
 from pipeline.fetch import Fetcher, FetchLimits, Resolver
 from pipeline.moderation import NudityDetector, Policy, over_white
@@ -191,12 +192,12 @@ class Finisher:
         metadata = {"sku": options.sku, "request_id": options.request_id, "model": self.settings.segmenter_model}
         with timed(timings, "store"):
             name = self.storage.put(options.org, png, metadata)
-        return {
-            "result_url": self.storage.signed_url(name),
-            "sku": options.sku,
-            "crop": crop.as_dict(),
-            "source": {"width": loaded.image.width, "height": loaded.image.height},
-        }
+        return CutoutResult(
+            result_url=self.storage.signed_url(name),
+            sku=options.sku,
+            crop=Box(**crop.as_dict()),
+            source=Size(width=loaded.image.width, height=loaded.image.height),
+        ).model_dump()
 
     def read(self, name: str, expires: str | None, signature: str | None) -> bytes:
         """A stored result, if its URL's signature is valid and unexpired."""
