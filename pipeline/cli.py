@@ -4,6 +4,8 @@
     cutout token revoke TOKEN_OR_ID    remove a token
     cutout token list                  ids, organizations and dates (never tokens)
     cutout token init-local [ORG]      first start of `make serve`: a token for ORG in a 0600 file
+    cutout remove INPUTS... -o DIR     cut out files, folders, URLs or a CSV of sku,image_url through
+                                       the API (a progress bar, DIR/manifest.jsonl, resumable)
     cutout settings [--check]          the settings table, or validate the current settings
     cutout eval [--set S] [--predictions NAME=DIR ...]
                                        quality of the real pipeline on the evaluation set (see docs/quality.md)
@@ -23,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline import tokens
+from pipeline import remove, tokens
 from pipeline.evaluation import cli as evaluation_cli
 from pipeline.settings import Settings, SettingsError, load_settings, settings_table
 
@@ -70,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("--revision", default=None, help="hub commit (40 hex digits); default: the one this version pins")
     pull.add_argument("--sha256", default=None, help="the file's SHA-256, for a revision this version does not pin")
     pull.add_argument("--accept-licence", action="store_true", help="accept a licence that forbids commercial use")
+    remove.add_arguments(sub.add_parser("remove", help="cut out files, folders, URLs or a CSV of sku,image_url through the API"))
     args = parser.parse_args(argv)
     if args.command == "weights":
         return _weights_pull(args)
+
+    if args.command == "remove":  # a client: the service's settings only say where `make serve` keeps its token
+        return remove.command(args, _local_token_file(args.config))
 
     try:
         if args.command == "settings":
@@ -122,6 +128,15 @@ def _weights_pull(args: argparse.Namespace) -> int:
     for name, value in result.settings().items():
         print(f"  {name}={value}")
     return 0
+
+
+def _local_token_file(config: Path, org: str = "local") -> Path:
+    """The token file ``make serve`` writes (``cutout token init-local``)."""
+    try:
+        data_dir = _settings(config).data_dir
+    except SettingsError:
+        data_dir = Path("var")
+    return data_dir / f"{org}.token"
 
 
 def _init_local(settings: Settings, path: Path, org: str) -> int:

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "CUTOUT_"
+# Read by the client side (`cutout remove`), not settings of the service.
+CLIENT_ENV = frozenset({"CUTOUT_URL", "CUTOUT_TOKEN"})
 MIB = 1024 * 1024
 
 # NudeNet 3.x detector labels (the shipped 320n model).
@@ -435,7 +437,7 @@ def _from_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
     values: dict[str, Any] = {}
     unknown = []
     for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key in CLIENT_ENV:
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in Settings.model_fields:
