@@ -62,6 +62,7 @@ def test_pages_have_a_strict_policy_and_no_inline_script_or_foreign_asset():
         page = web.page(path, "http://127.0.0.1:8000")
         policy = page.headers["Content-Security-Policy"]
         assert "script-src 'self'" in policy and "unsafe" not in policy and "default-src 'none'" in policy
+        assert "frame-ancestors 'none'" in policy and page.headers["X-Frame-Options"] == "DENY"
         refs = _refs(page.body.decode())
         assert refs["inline_scripts"] == 0 and refs["inline_styles"] == 0
         for url in refs["urls"]:
