@@ -9,6 +9,7 @@ import numpy as np
 import ray
 from ray import serve
 
+from deployments.metrics import InputMetrics
 from pipeline.service import ImageLoader
 from pipeline.settings import Settings
 
@@ -35,10 +36,12 @@ class Fetcher:
 
     def __init__(self, settings: Settings) -> None:
         self.loader = ImageLoader(settings)
+        self.metrics = InputMetrics()
 
     async def load(self, image_url: str | None, file: str | None, force_rmbg: bool) -> Fetched:
         """Fetch or decode the image; the full-resolution result goes to the object store."""
         loaded = await self.loader.load(image_url, file, force_rmbg)
+        self.metrics.record(loaded.image.width, loaded.image.height, loaded.image.format)
         model_input, loaded.model_input = loaded.model_input, None
         return Fetched(await asyncio.to_thread(ray.put, loaded), model_input)
 

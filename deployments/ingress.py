@@ -21,8 +21,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from deployments.accesslog import RequestReporter
 from deployments.errors import lost_object, to_cutout_error
 from pipeline import web
+from pipeline.accesslog import AccessRecord
 from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
 from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
 from pipeline.ratelimit import DenialCache, retry_after_header
@@ -94,6 +96,7 @@ class Ingress:
         self.admission = FairAdmission(settings.ingress_max_inflight, settings.admission_max_wait_s)
         self.pacer = RefusalPacer(MIN_FAST_REFUSALS_PER_S, settings.overload_refusal_delay_s)
         self.denials = DenialCache()
+        self.reporter = RequestReporter(settings.access_log_format)
 
     async def __call__(self, request: Request) -> Response:
         """Route an HTTP request."""
@@ -101,7 +104,8 @@ class Ingress:
         header_id = None if from_proxy else request_id  # Serve's proxy answers with its own header
         started = time.monotonic()
         path = request.url.path
-        org = "-"
+        org = sku = reason = None
+        timings: Timings = {}
         try:
             if path == CUTOUT_ROUTE:
                 if request.method != "POST":
@@ -114,6 +118,7 @@ class Ingress:
                     body = await self._read_body(request)
                     # a 16 MB JSON body takes tens of ms to parse: not on the event loop
                     parsed = await asyncio.to_thread(parse_body, body) if len(body) > 65536 else parse_body(body)
+                    sku = parsed.sku
                     result, timings = await self._run(org, parsed, request_id)
                 timings["total"] = 1000 * (time.monotonic() - started)
                 headers = {"Server-Timing": server_timing(timings), **({"X-Request-Id": header_id} if header_id else {})}
@@ -131,17 +136,10 @@ class Ingress:
         except Exception as exc:  # every failure becomes a JSON error; details go to the log only
             error = to_cutout_error(exc, request_id)
             await self._pace(error)
-            response = error_response(error, header_id)
-        if path != HEALTH_ROUTE:
-            logger.info(
-                "request %s org=%s %s %s -> %d in %.0f ms",
-                request_id,
-                org,
-                request.method,
-                path if not path.startswith(RESULTS_ROUTE) else RESULTS_ROUTE + "...",
-                response.status_code,
-                1000 * (time.monotonic() - started),
-            )
+            response, reason = error_response(error, header_id), error.reason
+        total_ms = 1000 * (time.monotonic() - started)
+        record = AccessRecord(request_id, request.method, path, response.status_code, total_ms, org, sku, reason, timings)
+        self.reporter.report(record)
         return response
 
     async def cutout(
@@ -162,7 +160,7 @@ class Ingress:
         Raises:
             CutoutError: The same typed error the HTTP API maps to a status.
         """
-        request_id = secrets.token_hex(8)
+        request_id, started = secrets.token_hex(8), time.monotonic()
         try:
             validate_org(org)
         except ValueError as exc:
@@ -175,14 +173,22 @@ class Ingress:
             "preserve_alpha": preserve_alpha,
             "content_moderation": content_moderation,
         }
+        parsed = None
         try:
             await self._rate_limit(org, self._limit(self.tokens.org_rpm(org)))
             async with self._admit(org):
-                body, _ = await self._run(org, parse_fields(fields), request_id)
+                parsed = parse_fields(fields)
+                body, timings = await self._run(org, parsed, request_id)
+            timings["total"] = 1000 * (time.monotonic() - started)
+            self.reporter.report(
+                AccessRecord(request_id, "CALL", "handle", 200, timings["total"], org, parsed.sku, None, timings)
+            )
             return body
         except Exception as exc:
             error = to_cutout_error(exc, request_id)
             await self._pace(error)
+            total_ms, sku = 1000 * (time.monotonic() - started), parsed.sku if parsed else None
+            self.reporter.report(AccessRecord(request_id, "CALL", "handle", error.status, total_ms, org, sku, error.reason))
             raise error from None
 
     @contextlib.asynccontextmanager

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from ray import serve
 
+from deployments.metrics import ModerationMetrics
+from pipeline.errors import CutoutError
 from pipeline.moderation import Policy
 from pipeline.service import ContentModerator, LoadedImage
 from pipeline.settings import Settings
@@ -23,6 +26,7 @@ class Moderator:
     def __init__(self, settings: Settings) -> None:
         policy = Policy.of(settings.moderation_block, settings.moderation_threshold)
         self.moderator = ContentModerator(policy, threads=1)
+        self.metrics = ModerationMetrics()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         """Apply a new policy without reloading the model."""
@@ -31,11 +35,18 @@ class Moderator:
 
     async def check_input(self, loaded: LoadedImage) -> None:
         """422 if the input fails moderation."""
-        await asyncio.to_thread(self.moderator.check_input, loaded)
+        await self._check(self.moderator.check_input, loaded)
 
     async def check_output(self, rgba: np.ndarray) -> None:
         """422 if the cutout fails moderation."""
-        await asyncio.to_thread(self.moderator.check_output, rgba)
+        await self._check(self.moderator.check_output, rgba)
+
+    async def _check(self, check: Callable[[Any], None], image: Any) -> None:
+        try:
+            await asyncio.to_thread(check, image)
+        except CutoutError as exc:  # a refusal: counted by stage and category
+            self.metrics.record(exc.details.get("stage", ""), exc.details.get("categories", ()))
+            raise
 
     async def ready(self) -> bool:
         """Used by ``/healthz``."""

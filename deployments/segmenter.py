@@ -9,6 +9,7 @@ import time
 import numpy as np
 from ray import serve
 
+from deployments.metrics import SegmenterMetrics
 from pipeline.service import Segmentation
 from pipeline.settings import Settings
 
@@ -29,10 +30,12 @@ class Segmenter:
         self._infer.set_max_batch_size(settings.segmenter_batch_size)
         self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)
         self.model.warm_up(settings.segmenter_batch_size)
+        self.metrics = SegmenterMetrics()
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _infer(self, inputs: list[tuple[np.ndarray, float]]) -> list[Segmentation]:
         started = time.perf_counter()
+        self.metrics.record(1000.0 * (started - arrived) for _, arrived in inputs)
         batch = np.stack([x for x, _ in inputs])
         probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.predict, batch)
         forward_ms = 1000.0 * (time.perf_counter() - started)

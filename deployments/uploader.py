@@ -8,6 +8,7 @@ import logging
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.metrics import StorageMetrics
 from pipeline.errors import unavailable
 from pipeline.service import CutoutOptions, Finisher, LoadedImage, Segmentation
 from pipeline.settings import Settings
@@ -23,6 +24,7 @@ class Uploader:
     def __init__(self, settings: Settings, moderator: DeploymentHandle) -> None:
         self.finisher = Finisher(settings)
         self.moderator = moderator
+        self.metrics = StorageMetrics("gcs" if settings.uses_gcs else "local")
         self._storage_error: str | None = None
         try:
             logger.info("result storage ready: %s", self.finisher.check())
@@ -57,7 +59,8 @@ class Uploader:
         if moderate:
             with timed(timings, "moderate_output"):
                 await self.moderator.check_output.remote(rgba)
-        body = await asyncio.to_thread(self.finisher.store, loaded, rgba, crop, options, timings)
+        body, size = await asyncio.to_thread(self.finisher.store, loaded, rgba, crop, options, timings)
+        self.metrics.record(size)
         return body, timings
 
     async def read(self, name: str, expires: str | None, signature: str | None) -> bytes:

@@ -180,11 +180,14 @@ class Finisher:
 
     def store(
         self, loaded: LoadedImage, rgba: np.ndarray, crop: compose.Crop, options: CutoutOptions, timings: Timings | None = None
-    ) -> dict[str, Any]:
-        """Encode, store and sign; return the 200 body of docs/api.md (CPU- and disk-bound).
+    ) -> tuple[dict[str, Any], int]:
+        """Encode, store and sign (CPU- and disk-bound).
 
         Args:
             timings: Where ``encode`` and ``store`` milliseconds are added, if given.
+
+        Returns:
+            The 200 body of docs/api.md, and the bytes stored.
         """
         timings = {} if timings is None else timings
         with timed(timings, "encode"):
@@ -192,12 +195,13 @@ class Finisher:
         metadata = {"sku": options.sku, "request_id": options.request_id, "model": self.settings.segmenter_model}
         with timed(timings, "store"):
             name = self.storage.put(options.org, png, metadata)
-        return CutoutResult(
+        body = CutoutResult(
             result_url=self.storage.signed_url(name),
             sku=options.sku,
             crop=Box(**crop.as_dict()),
             source=Size(width=loaded.image.width, height=loaded.image.height),
         ).model_dump()
+        return body, len(png)
 
     def read(self, name: str, expires: str | None, signature: str | None) -> bytes:
         """A stored result, if its URL's signature is valid and unexpired."""

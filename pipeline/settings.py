@@ -302,6 +302,13 @@ class Settings(BaseModel):
             "0..9",
         ),
     )
+    access_log_format: Literal["text", "json"] = Field(
+        "text",
+        **_doc(
+            "Form of the access log, one line per request answered by the ingress. `text`: a readable line in the ingress replica's Serve log. `json`: one JSON object per line (request id, organization, sku, status, reason, stage times in ms, total ms; never a token, an image or a result URL) in `access_<replica>.jsonl` beside that log (`<Ray session>/logs/serve/`).",
+            "text or json",
+        ),
+    )
 
     @field_validator("segmenter_model")
     @classmethod
