@@ -57,6 +57,7 @@ class Service:
     env: dict
     limited_token: str = ""
     head_pid: int = 0
+    metrics_url: str = ""
 
     def post(self, body: dict | bytes | Iterator[bytes], token: str | None = "default", **kw) -> requests.Response:
         headers = kw.pop("headers", {})
@@ -74,7 +75,11 @@ def _ray_bin(name: str) -> str:
 
 @contextlib.contextmanager
 def running_service(
-    args: dict | None = None, env_extra: dict | None = None, as_shipped: bool = False, deployments: dict[str, dict] | None = None
+    args: dict | None = None,
+    env_extra: dict | None = None,
+    as_shipped: bool = False,
+    deployments: dict[str, dict] | None = None,
+    metrics: bool = False,
 ) -> Iterator[Service]:
     """Start a Ray head and the application from a copy of serve_config.yaml; stop both after.
 
@@ -85,10 +90,13 @@ def running_service(
             (benchmarks); by default tests pin one replica per stage and two ingress replicas.
         deployments: Options of named deployments to set over those (benchmarks/gpu.py: a GPU
             for the segmenter).
+        metrics: Export Prometheus metrics on a free port (``Service.metrics_url``), as
+            ``make serve`` does on a fixed one; otherwise Ray picks a port nobody reads.
     """
     data_dir = Path(tempfile.mkdtemp(prefix="cutout-it-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     port, ray_port = free_port(), free_port()
+    metrics_port = free_port() if metrics else 0
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = port
     app = config["applications"][0]
@@ -142,6 +150,7 @@ def running_service(
             "--include-dashboard=false",
             f"--temp-dir={ray_tmp}",
             "--disable-usage-stats",
+            *([f"--metrics-export-port={metrics_port}"] if metrics else []),
         ],
         env=env,
         cwd=ROOT,
@@ -175,7 +184,8 @@ def running_service(
             log.flush()
             tail = (data_dir / "serve-run.log").read_text(errors="replace")[-4000:]
             pytest.fail(f"the Serve application did not become healthy in {START_TIMEOUT_S}s:\n{tail}")
-        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env, limited, head.pid)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics else ""
+        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env, limited, head.pid, metrics_url)
     finally:
         if proc is not None:
             _stop(proc, signal.SIGINT)
