@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# `make serve` runs its own Ray head: its Prometheus metrics on 127.0.0.1:$(METRICS_PORT)/metrics
+# `make serve` runs its own Ray head: its Prometheus metrics on port $(METRICS_PORT), path /metrics
 # (the port KubeRay pods use too), its GCS on $(RAY_PORT). Override either: make serve METRICS_PORT=9100
 METRICS_PORT ?= 8080
 RAY_PORT     ?= 6379
@@ -27,12 +27,15 @@ serve: export CUTOUT_DATA_DIR ?= $(CURDIR)/var
 # The Serve controller's loop every 0.5 s instead of 0.1 s: on a 2-core machine its default
 # took 7% of a core away from the model (docs/benchmarks.md).
 serve: export RAY_SERVE_CONTROL_LOOP_INTERVAL_S ?= 0.5
+# Ray's token authentication, as a bare `serve run` would have it (`ray start` alone does not).
+serve: export RAY_AUTH_MODE ?= token
 serve: $(STAMP)
 	$(BIN)/cutout token init-local local
-	@# `serve run` alone would start a Ray whose metrics port is random: start the head here, on
-	@# loopback, and stop it (this head only) when `serve run` ends.
+	@# `serve run` alone would start a Ray whose metrics port is random: start the head here, and
+	@# stop it (this head only) when `serve run` ends.
 	export PATH=$(CURDIR)/$(BIN):$$PATH; \
-	ray start --head --block --node-ip-address=127.0.0.1 --port=$(RAY_PORT) \
+	if [ "$$RAY_AUTH_MODE" = token ]; then ray get-auth-token --generate >/dev/null || exit 1; fi; \
+	ray start --head --block --port=$(RAY_PORT) \
 	  --metrics-export-port=$(METRICS_PORT) --disable-usage-stats & head=$$!; \
 	trap 'kill $$head 2>/dev/null; wait $$head' EXIT; trap 'exit 130' INT TERM; \
 	until python -c 'import socket; socket.create_connection(("127.0.0.1", $(RAY_PORT)), 1)' 2>/dev/null; do \
