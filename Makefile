@@ -23,17 +23,15 @@ RAY_PORT     ?= 6379
 
 ## Start the service in the foreground on http://127.0.0.1:8000 (CPU, results under var/),
 ## with Prometheus metrics on http://127.0.0.1:$(METRICS_PORT)/metrics. Ctrl-C stops both.
+## Ray's own settings come from serve.env (direct ingress on port 8000, the controller's pace).
 serve: export CUTOUT_DATA_DIR ?= $(CURDIR)/var
-# The Serve controller's loop every 0.5 s instead of 0.1 s: on a 2-core machine its default
-# took 7% of a core away from the model (docs/benchmarks.md).
-serve: export RAY_SERVE_CONTROL_LOOP_INTERVAL_S ?= 0.5
 # Ray's token authentication, as a bare `serve run` would have it (`ray start` alone does not).
 serve: export RAY_AUTH_MODE ?= token
 serve: $(STAMP)
 	$(BIN)/cutout token init-local local
 	@# `serve run` alone would start a Ray whose metrics port is random: start the head here, and
 	@# stop it (this head only) when `serve run` ends.
-	export PATH=$(CURDIR)/$(BIN):$$PATH; \
+	set -a; . ./serve.env; set +a; export PATH=$(CURDIR)/$(BIN):$$PATH; \
 	if [ "$$RAY_AUTH_MODE" = token ]; then ray get-auth-token --generate >/dev/null || exit 1; fi; \
 	ray start --head --block --port=$(RAY_PORT) \
 	  --metrics-export-port=$(METRICS_PORT) --disable-usage-stats & head=$$!; \

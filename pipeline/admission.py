@@ -33,6 +33,9 @@ from collections.abc import Callable
 # (an estimate that lags would queue more than the wait limit allows), a faster one gradually.
 _EWMA_UP = 0.5
 _EWMA_DOWN = 0.1
+# A held refusal waits between this share of the delay and all of it: long enough that a client
+# retrying at once comes back about once a delay, spread so that held clients do not synchronise.
+HELD_SHARE_MIN = 0.8
 
 
 class Overloaded(Exception):
@@ -159,7 +162,8 @@ class RefusalPacer:
 
     Args:
         per_s: Refusals a second answered at once (also the burst).
-        delay_s: The most a paced refusal is held; it is held between half of it and all of it.
+        delay_s: The most a paced refusal is held; it is held between ``HELD_SHARE_MIN`` of it and
+            all of it (spread so that held clients do not come back in step).
         clock: Monotonic seconds.
     """
 
@@ -184,4 +188,4 @@ class RefusalPacer:
         if self._tokens >= 1 or self.delay_s <= 0:
             self._tokens = max(0.0, self._tokens - 1)
             return 0.0
-        return self.delay_s * random.uniform(0.5, 1.0)
+        return self.delay_s * random.uniform(HELD_SHARE_MIN, 1.0)

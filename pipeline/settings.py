@@ -279,7 +279,7 @@ class Settings(BaseModel):
         ),
     )
     overload_refusal_delay_s: float = Field(
-        0.5,
+        0.9,
         ge=0,
         le=1,
         **_doc(

@@ -44,6 +44,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """An unused TCP port on loopback whose next port is unused too."""
+    for _ in range(100):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two consecutive free ports on loopback")
+
+
+def ray_env() -> dict[str, str]:
+    """Ray's own settings of the embedded default, from serve.env (as `make serve` exports them)."""
+    env = {}
+    for line in (ROOT / "serve.env").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip()
+    return env
+
+
 @dataclass
 class Service:
     """The running application, as tests see it."""
@@ -58,14 +81,19 @@ class Service:
     limited_token: str = ""
     head_pid: int = 0
     metrics_url: str = ""
+    proxy_url: str = ""  # Serve's HTTP proxy: routes across every ingress replica
 
-    def post(self, body: dict | bytes | Iterator[bytes], token: str | None = "default", **kw) -> requests.Response:
+    def post(
+        self, body: dict | bytes | Iterator[bytes], token: str | None = "default", via_proxy: bool = False, **kw
+    ) -> requests.Response:
+        """POST to /product/cutout: to the ingress replica's own port, or through Serve's proxy."""
         headers = kw.pop("headers", {})
+        base = self.proxy_url if via_proxy else self.url
         if token is not None:
             headers["api_token"] = self.token if token == "default" else token
         if isinstance(body, dict):
-            return requests.post(self.url + "/product/cutout", json=body, headers=headers, timeout=120, **kw)
-        return requests.post(self.url + "/product/cutout", data=body, headers=headers, timeout=120, **kw)
+            return requests.post(base + "/product/cutout", json=body, headers=headers, timeout=120, **kw)
+        return requests.post(base + "/product/cutout", data=body, headers=headers, timeout=120, **kw)
 
 
 def _ray_bin(name: str) -> str:
@@ -95,10 +123,10 @@ def running_service(
     """
     data_dir = Path(tempfile.mkdtemp(prefix="cutout-it-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    port, ray_port = free_port(), free_port()
+    port, proxy_port, ray_port = free_port_pair(), free_port(), free_port()
     metrics_port = free_port() if metrics else 0
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    config["http_options"]["port"] = port
+    config["http_options"]["port"] = proxy_port
     app = config["applications"][0]
     app["args"].update(
         data_dir=str(data_dir),
@@ -112,7 +140,7 @@ def running_service(
         if "autoscaling_config" in deployment:
             deployment["autoscaling_config"]["max_replicas"] = 1
         if deployment["name"] == "Ingress":  # ...but two ingress replicas: limits must hold across them
-            deployment["autoscaling_config"].update(min_replicas=2, max_replicas=2)
+            deployment["num_replicas"] = 2  # the second on port + 1; both behind Serve's proxy
     for deployment in app["deployments"]:
         deployment.update((deployments or {}).get(deployment["name"], {}))
     config_path = data_dir / "serve_config.yaml"
@@ -133,7 +161,11 @@ def running_service(
         # the separate driver of the handle test, like RAY_AUTH_TOKEN in a KubeRay pod.
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",  # as `make serve` sets it on a small machine
+        # Ray's settings as `make serve` has them (serve.env), with this test's ports: the
+        # ingress replica answers HTTP itself on `port` (direct ingress), Serve's proxy on proxy_port
+        **ray_env(),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 2),
         **(env_extra or {}),
     }
     ray_address = f"127.0.0.1:{ray_port}"
@@ -185,7 +217,8 @@ def running_service(
             tail = (data_dir / "serve-run.log").read_text(errors="replace")[-4000:]
             pytest.fail(f"the Serve application did not become healthy in {START_TIMEOUT_S}s:\n{tail}")
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics" if metrics else ""
-        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env, limited, head.pid, metrics_url)
+        proxy_url = f"http://127.0.0.1:{proxy_port}"
+        yield Service(url, data_dir, ray_address, token, other, ray_tmp, env, limited, head.pid, metrics_url, proxy_url)
     finally:
         if proc is not None:
             _stop(proc, signal.SIGINT)

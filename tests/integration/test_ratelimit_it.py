@@ -1,4 +1,5 @@
-"""Rate limits through the running application, with two ingress replicas sharing one limiter."""
+"""Rate limits through the running application, with two ingress replicas sharing one limiter
+(through Serve's proxy, which spreads the requests over both)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_burst_over_the_limit_gets_429_while_another_org_is_served(service):
     real = {"file": b64(encode(rgba_with_alpha()[0], "PNG"))}
 
     def call(token):
-        return service.post(body if token == service.limited_token else real, token=token)
+        return service.post(body if token == service.limited_token else real, token=token, via_proxy=True)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(call, service.limited_token) for _ in range(12)]
