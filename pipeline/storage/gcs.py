@@ -242,6 +242,8 @@ class GCSStorage(ResultStorage):
         """
         from google.api_core.exceptions import PreconditionFailed
 
+        if self.find(name) is not None:  # the usual case of a race lost long ago: no upload at all
+            return False
         try:
             self._upload(self._object_name(name), data, metadata)
         except PreconditionFailed:
