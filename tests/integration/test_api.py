@@ -13,7 +13,6 @@ import requests
 from PIL import Image
 
 from pipeline.timing import parse_server_timing
-from tests.harness import CACHE_S
 from tests.images import b64, encode, eval_image, rgba_with_alpha
 
 pytestmark = pytest.mark.integration
@@ -84,7 +83,7 @@ def test_result_url_expires_and_file_is_deleted(service):
     time.sleep(max(0, expires - time.time()) + 1)
     assert error_of(requests.get(url, timeout=10), 403)["reason"] == "url_expired"
     name = url.split("/results/")[1].split("?")[0]
-    deadline = time.time() + 15 + CACHE_S  # a cached result is kept CUTOUT_RESULT_CACHE_S longer
+    deadline = time.time() + 15
     while (service.data_dir / "results" / name).exists() and time.time() < deadline:
         time.sleep(0.5)
     assert not (service.data_dir / "results" / name).exists()

@@ -12,6 +12,7 @@ import requests
 from PIL import Image
 
 from pipeline import imageio
+from tests.harness import CACHE_S, running_service
 from tests.images import b64, encode
 
 pytestmark = pytest.mark.integration
@@ -49,6 +50,7 @@ def test_without_options_the_answer_is_todays_byte_for_byte(service):
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert list(body) == ["result_url", "sku", "crop", "source"]  # no placement without options
+    assert "X-Cache" not in resp.headers  # the result cache is off in this instance
     assert body["crop"] == {"left": 20, "top": 10, "width": 30, "height": 20}
     _, data = fetch(body["result_url"])
     assert data == imageio.encode_png(tight, 2)  # the tight RGBA PNG, exactly as before
@@ -123,7 +125,15 @@ def test_invalid_options_are_400_naming_the_field(service, options, field):
     assert resp.json()["error"]["parameter"] == field
 
 
-def test_cache_hit_serves_the_same_bytes_and_other_orgs_and_options_miss(service, image_server):
+@pytest.fixture(scope="module")
+def cached_service():
+    """A second instance with the result cache on (the shared one has it off)."""
+    with running_service(env_extra={"CUTOUT_RESULT_CACHE_S": str(CACHE_S)}) as svc:
+        yield svc
+
+
+def test_cache_hit_serves_the_same_bytes_and_other_orgs_and_options_miss(cached_service, image_server):
+    service = cached_service
     png, _ = block_image(seed=20)
     first = service.post({"file": b64(png)})
     assert first.headers["X-Cache"] == "miss"
@@ -139,7 +149,8 @@ def test_cache_hit_serves_the_same_bytes_and_other_orgs_and_options_miss(service
     assert service.post({"file": b64(png), "preserve_alpha": True}).headers["X-Cache"] == "miss"
 
 
-def test_concurrent_identical_requests_leave_one_whole_file(service):
+def test_concurrent_identical_requests_leave_one_whole_file(cached_service):
+    service = cached_service
     png, tight = block_image(seed=21)
 
     def post(_):
