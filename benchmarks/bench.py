@@ -527,7 +527,8 @@ def bench_cache(data: list[tuple[str, bytes]], concurrency: int = CACHE_CONCURRE
 
     from tests.harness import running_service
 
-    with running_service(env_extra={"CUTOUT_RATE_LIMIT_RPM": "0"}, as_shipped=True) as svc:
+    env = {"CUTOUT_RATE_LIMIT_RPM": "0", "CUTOUT_RESULT_CACHE_S": "3600"}  # the cache as shipped (the harness turns it off)
+    with running_service(env_extra=env, as_shipped=True) as svc:
         states: dict[str, list[str]] = {"first": [], "repeat": []}
         urls: dict[str, dict[str, str]] = {"first": {}, "repeat": {}}
 
