@@ -475,7 +475,8 @@ def bench_service(data, concurrencies, rounds, overload_s: float) -> tuple[list[
     from tests.harness import running_service
 
     rows, stage_rows, memory_rows, overload = [], [], [], {}
-    with running_service(env_extra={"CUTOUT_RATE_LIMIT_RPM": "0"}, as_shipped=True) as svc:
+    # the result cache off: every round runs the whole pipeline (bench_cache measures the cache)
+    with running_service(env_extra={"CUTOUT_RATE_LIMIT_RPM": "0", "CUTOUT_RESULT_CACHE_S": "0"}, as_shipped=True) as svc:
 
         async def ours(client, url, name, raw):
             body = {"sku": name, "file": base64.b64encode(raw).decode()}
@@ -510,6 +511,99 @@ def bench_service(data, concurrencies, rounds, overload_s: float) -> tuple[list[
 
 
 REPLICAS = ("Ingress", "Fetcher", "Segmenter", "Uploader", "Moderator", "RateLimiter")
+CACHE_IMAGES = 20
+CACHE_CONCURRENCY = 4
+
+
+def bench_cache(data: list[tuple[str, bytes]], concurrency: int = CACHE_CONCURRENCY) -> dict[str, Any]:
+    """The result cache: a first pass over the images (misses), then the same images again (hits).
+
+    Both passes through the service as shipped, with the result cache on (its default), over HTTP.
+
+    Returns:
+        Throughput of each pass, the ratio, and the ``X-Cache`` answers seen in each.
+    """
+    import httpx
+
+    from tests.harness import running_service
+
+    env = {"CUTOUT_RATE_LIMIT_RPM": "0", "CUTOUT_RESULT_CACHE_S": "3600"}  # the cache as shipped (the harness turns it off)
+    with running_service(env_extra=env, as_shipped=True) as svc:
+        states: dict[str, list[str]] = {"first": [], "repeat": []}
+        urls: dict[str, dict[str, str]] = {"first": {}, "repeat": {}}
+
+        def make(pass_name: str):
+            async def send(client, url, name, raw):
+                body = {"sku": name, "file": base64.b64encode(raw).decode()}
+                response = await client.post(url + "/product/cutout", json=body, headers={"api_token": svc.token})
+                states[pass_name].append(response.headers.get("x-cache", "-"))
+                if response.status_code == 200:
+                    urls[pass_name][name] = response.json()["result_url"]
+                return response
+
+            return send
+
+        first = asyncio.run(closed_loop(svc.url, make("first"), data, concurrency, 1))
+        repeat = asyncio.run(closed_loop(svc.url, make("repeat"), data, concurrency, 1))
+        same = sum(
+            1
+            for name, url in urls["repeat"].items()
+            if name in urls["first"] and httpx.get(url, timeout=30).content == httpx.get(urls["first"][name], timeout=30).content
+        )
+    first_rate, repeat_rate = len(first.latencies) / first.wall, len(repeat.latencies) / repeat.wall
+    return {
+        "images": len(data),
+        "concurrency": concurrency,
+        "first": first,
+        "repeat": repeat,
+        "first_rate": first_rate,
+        "repeat_rate": repeat_rate,
+        "ratio": repeat_rate / first_rate,
+        "first_states": {s: states["first"].count(s) for s in sorted(set(states["first"]))},
+        "repeat_states": {s: states["repeat"].count(s) for s in sorted(set(states["repeat"]))},
+        "identical": same,
+    }
+
+
+def cache_report(c: dict[str, Any]) -> str:
+    lines = [
+        f"The same {c['images']} GrabCut images sent twice, concurrency {c['concurrency']}, the service as shipped "
+        "(result cache on); the second pass finds every result in the cache. Each pass starts with the "
+        "closed loop's two untimed warm-up requests, so the first pass's timed part also has two hits: "
+        "the ratio understates the cache's gain a little.",
+        "",
+        HEADER,
+        row(
+            "first pass (cache misses: the whole pipeline)",
+            c["first"].latencies,
+            c["first"].wall,
+            c["first"].errors,
+            extra=f"X-Cache {c['first_states']}",
+        ),
+        row(
+            "repeat pass (cache hits: no decode, no model)",
+            c["repeat"].latencies,
+            c["repeat"].wall,
+            c["repeat"].errors,
+            extra=f"X-Cache {c['repeat_states']}",
+        ),
+        "",
+        f"Repeat pass / first pass throughput: **{c['ratio']:.1f}x** ({c['repeat_rate']:.1f} vs {c['first_rate']:.2f} images/s); "
+        f"the file behind the repeat's URL is byte-identical to the first's for {c['identical']} of {c['images']} images.",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(out: Path, marker: str, text: str) -> None:
+    """Replace the part of ``out`` between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` (appended when absent)."""
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    previous = out.read_text() if out.exists() else ""
+    block = f"{start}\n{text}\n{end}"
+    if start in previous and end in previous:
+        head, rest = previous.split(start, 1)
+        out.write_text(head + block + rest.split(end, 1)[1])
+    else:
+        out.write_text(previous.rstrip("\n") + "\n\n" + block + "\n")
 
 
 def run_overload(svc, make_request, data, results, watch: ClusterWatch, duration_s: float) -> dict[str, Any]:
@@ -659,10 +753,13 @@ def main() -> int:
     parser.add_argument("--rembg-python", default=None)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--sweep-one", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cache-only", action="store_true", help="only the result-cache pass (its own section of --out)")
     args = parser.parse_args()
     if args.sweep_one is not None:
         print(json.dumps(sweep_one(args.sweep_one)))
         return 0
+    if args.cache_only:
+        return run_cache_pass(args.out)
     data = images(args.images)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     stages = make_stages()
@@ -711,6 +808,16 @@ def main() -> int:
         previous = args.out.read_text() if args.out.exists() else ""
         head = previous.split("<!-- bench:start -->")[0] if "<!-- bench:start -->" in previous else previous
         args.out.write_text(head + "<!-- bench:start -->\n" + report)
+    return 0
+
+
+def run_cache_pass(out: Path | None) -> int:
+    """Run :func:`bench_cache` on the first 20 images and write its section of ``out``."""
+    report = cache_report(bench_cache(images(CACHE_IMAGES)))
+    text = f"## Result cache\n\nMachine: {machine()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\n{report}"
+    print(text)
+    if out:
+        write_section(out, "bench-cache", text)
     return 0
 
 

@@ -1,8 +1,9 @@
 """Ingress deployment: HTTP routing, auth, request validation, orchestration, error mapping.
 
-Routes: ``POST /product/cutout``, ``GET /results/<name>`` (signed result URLs of local
-storage), ``GET /healthz``, and the pages of :mod:`pipeline.web` (``/``, ``/docs``,
-``/openapi.json``, ``/ui/...``). In-cluster callers use :meth:`Ingress.cutout` through the app handle.
+Routes: ``POST /product/cutout``, ``POST /v1.0/removebg`` (remove.bg's API, mapped by
+:mod:`pipeline.removebg`), ``GET /results/<name>`` (signed result URLs of local storage),
+``GET /healthz``, and the pages of :mod:`pipeline.web` (``/``, ``/docs``, ``/openapi.json``,
+``/ui/...``). In-cluster callers use :meth:`Ingress.cutout` through the app handle.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from starlette.responses import JSONResponse, Response
 
 from deployments.accesslog import RequestReporter
 from deployments.errors import lost_object, to_cutout_error
-from pipeline import web
+from pipeline import removebg, web
 from pipeline.accesslog import AccessRecord
 from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
+from pipeline.cache import CacheRequest, cache_state, hit_body
 from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
 from pipeline.ratelimit import DenialCache, retry_after_header
 from pipeline.request import CutoutRequest, parse_body, parse_fields
 from pipeline.service import CutoutOptions
 from pipeline.settings import Settings
-from pipeline.storage import RESULTS_ROUTE
+from pipeline.storage import RESULTS_ROUTE, content_type_of
 from pipeline.timing import Timings, server_timing
 from pipeline.tokens import TokenRecord, TokenStore, validate_org
 
@@ -122,7 +124,11 @@ class Ingress:
                     result, timings = await self._run(org, parsed, request_id)
                 timings["total"] = 1000 * (time.monotonic() - started)
                 headers = {"Server-Timing": server_timing(timings), **({"X-Request-Id": header_id} if header_id else {})}
+                if cache_state(timings):
+                    headers["X-Cache"] = cache_state(timings)
                 response: Response = JSONResponse(result, headers=headers)
+            elif path == removebg.ROUTE:
+                response = await self._removebg(request, request_id, header_id)
             elif path.startswith(RESULTS_ROUTE) and request.method in ("GET", "HEAD"):
                 response = await self._result(request)
             elif path == HEALTH_ROUTE:
@@ -151,8 +157,12 @@ class Ingress:
         force_rmbg: bool = False,
         preserve_alpha: bool = False,
         content_moderation: bool = False,
+        **output: Any,
     ) -> dict[str, Any]:
         """In-cluster entry point: the JSON body's fields plus the organization.
+
+        ``output`` takes the output options of docs/api.md (``crop_margin``, ``canvas``,
+        ``bg_color``, ``format``, ``channels``, ``max_size``).
 
         Returns:
             The same body as a 200 of ``POST /product/cutout``.
@@ -172,6 +182,7 @@ class Ingress:
             "force_rmbg": force_rmbg,
             "preserve_alpha": preserve_alpha,
             "content_moderation": content_moderation,
+            **output,
         }
         parsed = None
         try:
@@ -277,16 +288,40 @@ class Ingress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _run(self, org: str, req: CutoutRequest, request_id: str) -> tuple[dict[str, Any], Timings]:
+    async def _removebg(self, request: Request, request_id: str, header_id: str | None) -> Response:
+        """``POST /v1.0/removebg``: the same checks and pipeline, remove.bg's request and answer."""
+        rpm = None
+        try:
+            if request.method != "POST":
+                raise CutoutError(405, "method_not_allowed", "Use POST.", None)
+            record = self.tokens.record(request.headers.get(removebg.KEY_HEADER))
+            if record is None:
+                raise unauthorized()
+            rpm = self._limit(record.rpm)
+            await self._rate_limit(record.org, rpm)
+            async with self._admit(record.org):
+                body = await self._read_body(request)
+                parsed = await asyncio.to_thread(removebg.parse, request.headers.get("content-type", ""), body)
+                result, timings = await self._run(record.org, parsed.cutout, request_id, return_bytes=True)
+            reply = removebg.answer(parsed, result, request.headers.get("accept", ""), rpm, cache_state(timings), header_id)
+        except Exception as exc:
+            error = to_cutout_error(exc, request_id)
+            await self._pace(error)
+            reply = removebg.error_response(error, rpm, header_id)
+        return Response(reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.media_type)
+
+    async def _run(
+        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False
+    ) -> tuple[dict[str, Any], Timings]:
         try:
             return await asyncio.wait_for(
-                self._pipeline_retrying_lost_images(org, req, request_id), timeout=self.settings.request_timeout_s
+                self._pipeline_retrying_lost_images(org, req, request_id, return_bytes), timeout=self.settings.request_timeout_s
             )
         except asyncio.TimeoutError:
             raise unavailable("The request took too long; try again.", retry_after=5, internal="request timeout") from None
 
     async def _pipeline_retrying_lost_images(
-        self, org: str, req: CutoutRequest, request_id: str
+        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False
     ) -> tuple[dict[str, Any], Timings]:
         """The pipeline, run once more when the stored image was lost between stages.
 
@@ -296,34 +331,44 @@ class Ingress:
         the ingress only borrows it); the object is also lost when the fetcher's replica dies.
         """
         try:
-            return await self._pipeline(org, req, request_id)
+            return await self._pipeline(org, req, request_id, return_bytes)
         except Exception as exc:
             if not lost_object(exc):
                 raise
             logger.warning(
                 "request %s: the stored image was lost between stages (%s); running it once more", request_id, type(exc).__name__
             )
-        return await self._pipeline(org, req, request_id)
+        return await self._pipeline(org, req, request_id, return_bytes)
 
-    async def _pipeline(self, org: str, req: CutoutRequest, request_id: str) -> tuple[dict[str, Any], Timings]:
+    async def _pipeline(
+        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False
+    ) -> tuple[dict[str, Any], Timings]:
         # The decoded image stays in Ray's object store: the fetcher returns a reference to it
         # and the model-sized input; the reference goes on to the moderator and uploader, and
         # the segmenter (the GPU stage) receives only the model-sized input. The segmenter's
         # answer, a model-sized mask, comes back here and goes on to the uploader by value.
-        fetched = await self.fetcher.load.remote(req.image_url, req.file, req.force_rmbg)
+        # The fetcher also looks the result up in the result cache (pipeline/cache.py): a hit
+        # answers with the stored result and runs nothing else.
+        cached = CacheRequest(org, req.force_rmbg, req.preserve_alpha, req.content_moderation, req.output)
+        fetched = await self.fetcher.load.remote(req.image_url, req.file, req.force_rmbg, cached, return_bytes)
+        if fetched.cached is not None:
+            body = hit_body(fetched.cached, req.sku, fetched.cached_bytes, return_bytes or not req.output.is_default)
+            return body, fetched.timings
         if req.content_moderation:
             await self.moderator.check_input.remote(fetched.image)
         segmentation = await self.segmenter.segment.remote(fetched.model_input)
-        options = CutoutOptions(org, req.sku, req.force_rmbg, req.preserve_alpha, request_id)
+        options = CutoutOptions(
+            org, req.sku, req.force_rmbg, req.preserve_alpha, request_id, req.output, fetched.cache_name, return_bytes
+        )
         return await self.uploader.finish.remote(fetched.image, segmentation, options, req.content_moderation)
 
     async def _result(self, request: Request) -> Response:
         name = request.url.path[len(RESULTS_ROUTE) :]
         query = request.query_params
-        png = await self.uploader.read.remote(name, query.get("expires"), query.get("signature"))
+        data = await self.uploader.read.remote(name, query.get("expires"), query.get("signature"))
         remaining = max(0, int(query.get("expires", "0")) - int(time.time()))
         headers = {"Cache-Control": f"private, max-age={remaining}", "X-Content-Type-Options": "nosniff"}
-        return Response(png if request.method == "GET" else b"", media_type="image/png", headers=headers)
+        return Response(data if request.method == "GET" else b"", media_type=content_type_of(name), headers=headers)
 
     async def _health(self) -> Response:
         stages = {

@@ -8,14 +8,17 @@ the validation cannot drift apart.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -27,6 +30,105 @@ from pipeline.errors import CutoutError, bad_request
 MAX_SKU_LENGTH = 128
 MAX_URL_LENGTH = 4096
 _TYPE_NAMES = {"string_type": "a string", "bool_type": "a boolean"}
+# Output options (docs/api.md, Output options): bounds that keep one request's output bounded.
+MAX_MARGIN_PX = 2048
+MAX_MARGIN_PERCENT = 100.0
+MAX_CANVAS_SIDE = 8192
+MAX_OUTPUT_SIDE = 8192
+FORMATS = ("png", "webp", "jpg")
+CHANNELS = ("rgba", "alpha")
+POSITIONS = ("center", "bottom")
+_MARGIN = re.compile(r"^(\d{1,5}(?:\.\d{1,3})?)(px|%)$")
+_CANVAS_SCHEMA = {
+    "type": ["object", "null"],
+    "required": ["width", "height"],
+    "additionalProperties": False,
+    "properties": {
+        "width": {"type": "integer", "minimum": 1, "maximum": 8192},
+        "height": {"type": "integer", "minimum": 1, "maximum": 8192},
+        "position": {"enum": ["center", "bottom"], "default": "center"},
+        "padding": {"type": "integer", "minimum": 0, "default": 0},
+        "upscale": {"type": "boolean", "default": False},
+    },
+}
+_HEX_COLOR = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
+
+
+@dataclass(frozen=True)
+class Margin:
+    """Transparent space around the product box: ``value`` pixels, or percent of the box's side."""
+
+    value: float
+    unit: Literal["px", "%"]
+
+    def pixels(self, width: int, height: int) -> tuple[int, int]:
+        """The (horizontal, vertical) margin in pixels for a product box of ``width`` x ``height``."""
+        if self.unit == "px":
+            return int(self.value), int(self.value)
+        return round(width * self.value / 100), round(height * self.value / 100)
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """A fixed-size output with the product placed on it.
+
+    Attributes:
+        width: Canvas width in pixels.
+        height: Canvas height in pixels.
+        position: ``center``, or ``bottom`` (centred horizontally, resting on the bottom padding).
+        padding: Pixels kept free on every side.
+        upscale: Whether a product smaller than the free area is enlarged to fill it.
+    """
+
+    width: int
+    height: int
+    position: Literal["center", "bottom"] = "center"
+    padding: int = 0
+    upscale: bool = False
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The output keeps the source image's frame instead of the product box (the remove.bg default).
+
+    Attributes:
+        position: ``original`` (the product where it was) or ``center``.
+        scale: The product box fits this fraction of the frame (then centred), or None (as it was).
+    """
+
+    position: Literal["original", "center"] = "original"
+    scale: float | None = None
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """What the result file looks like; the defaults give the tight RGBA PNG of docs/api.md.
+
+    Attributes:
+        crop_margin: Space around the product box, or None.
+        canvas: A fixed-size canvas, or None (the output is the product box plus margin).
+        bg_color: RGBA background, or None (transparent).
+        format: ``png``, ``webp`` or ``jpg``.
+        channels: ``rgba``, or ``alpha`` (the mask alone, as greyscale).
+        max_size: Longest side of the output at most this (downscale only), or None.
+        max_pixels: The output at most this many pixels (downscale only), or None. Not a JSON
+            field: the remove.bg endpoint's ``size``.
+        frame: Keep the source's frame (not a JSON field: the remove.bg endpoint's ``crop=false``).
+    """
+
+    crop_margin: Margin | None = None
+    canvas: Canvas | None = None
+    bg_color: tuple[int, int, int, int] | None = None
+    format: Literal["png", "webp", "jpg"] = "png"
+    channels: Literal["rgba", "alpha"] = "rgba"
+    max_size: int | None = None
+    max_pixels: int | None = None
+    frame: Frame | None = None
+
+    @property
+    def is_default(self) -> bool:
+        """Whether nothing was asked beyond today's tight PNG (the answer then has no ``placement``)."""
+        return self == OutputOptions()
 
 
 def _empty_is_absent(value: Any) -> Any:
@@ -76,6 +178,31 @@ class CutoutRequest(BaseModel):
     content_moderation: Flag = Field(
         False, description="Moderate the input before it is processed and the cutout before it is stored."
     )
+    # Output options (docs/api.md, Output options): validated by parse_output in _one_image, which
+    # names the field (or the member of canvas) at fault; the types here are what the schema publishes.
+    crop_margin: Annotated[Any, WithJsonSchema({"type": ["string", "integer", "null"], "pattern": r"^\d+(\.\d+)?(px|%)$"})] = (
+        Field(
+            None,
+            description=f'Transparent space around the product\'s box: pixels ("12px", or a number; up to {MAX_MARGIN_PX}) or percent of the box ("5%", up to 100).',
+            examples=["12px", "5%"],
+        )
+    )
+    canvas: Annotated[Any, WithJsonSchema(_CANVAS_SCHEMA)] = Field(
+        None, description="A fixed-size output with the product placed on it, scaled down to fit (never up unless `upscale`)."
+    )
+    bg_color: Annotated[Any, WithJsonSchema({"type": ["string", "null"], "pattern": _HEX_COLOR.pattern})] = Field(
+        None, description="A background colour instead of transparency: #rgb, #rrggbb or #rrggbbaa.", examples=["#ffffff"]
+    )
+    format: Annotated[Any, WithJsonSchema({"enum": [*FORMATS, None]})] = Field(
+        None, description="png (default), webp or jpg (no transparency: the background is `bg_color`, or white)."
+    )
+    channels: Annotated[Any, WithJsonSchema({"enum": [*CHANNELS, None]})] = Field(
+        None, description="rgba (default), or alpha: the mask alone, as greyscale."
+    )
+    max_size: Annotated[Any, WithJsonSchema({"type": ["integer", "null"], "minimum": 1, "maximum": MAX_OUTPUT_SIDE})] = Field(
+        None, description="The output's longest side at most this many pixels; only ever scales down."
+    )
+    _output: OutputOptions = PrivateAttr(default_factory=OutputOptions)
 
     @field_validator("sku")
     @classmethod
@@ -86,12 +213,26 @@ class CutoutRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_image(self) -> CutoutRequest:
+        fields = {"crop_margin": self.crop_margin, "canvas": self.canvas, "bg_color": self.bg_color}
+        fields.update(format=self.format, channels=self.channels, max_size=self.max_size)
+        self._output = parse_output(fields)  # a CutoutError names the field
         if self.image_url is None and self.file is None:
             # not a ValueError: pydantic lets it through as the typed error it is
             raise bad_request("missing_image", "Give the image as 'image_url' or as base64 'file'.", "image_url/file")
         if self.image_url is not None and self.file is not None:
             object.__setattr__(self, "file", None)  # image_url wins when both are given
         return self
+
+    @property
+    def output(self) -> OutputOptions:
+        """The output options (all absent: today's tight RGBA PNG)."""
+        return self._output
+
+    def with_output(self, output: OutputOptions) -> CutoutRequest:
+        """A copy with other output options (the remove.bg endpoint maps its own onto these)."""
+        copy = self.model_copy()
+        copy._output = output
+        return copy
 
     @property
     def source_parameter(self) -> str:
@@ -136,3 +277,116 @@ def _first_error(exc: ValidationError) -> CutoutError:
         return bad_request("invalid_url", f"'image_url' is longer than {MAX_URL_LENGTH} characters.", "image_url")
     kind = _TYPE_NAMES.get(error["type"], "of the type the API documents")
     return bad_request("invalid_parameter", f"'{name}' must be {kind}.", name)
+
+
+def _invalid(name: str, message: str) -> Exception:
+    return bad_request("invalid_parameter", message, name)
+
+
+def _int_field(data: Mapping[str, Any], name: str, low: int, high: int, label: str | None = None) -> int | None:
+    value = data.get(name)
+    label = label or name
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _invalid(label, f"'{label}' must be an integer from {low} to {high}.")
+    return value
+
+
+def parse_margin(value: Any, name: str = "crop_margin") -> Margin | None:
+    """``"12px"``, ``"5%"`` or a plain number of pixels; None for absent.
+
+    Raises:
+        CutoutError: 400 naming ``name`` for anything else or a value over the bounds.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"{value}px"
+    match = _MARGIN.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise _invalid(name, f'\'{name}\' must be pixels like "12px" or a percentage of the product box like "5%".')
+    number, unit = float(match.group(1)), match.group(2)
+    if unit == "px" and (number != int(number) or number > MAX_MARGIN_PX):
+        raise _invalid(name, f"'{name}' in pixels must be a whole number up to {MAX_MARGIN_PX}.")
+    if unit == "%" and number > MAX_MARGIN_PERCENT:
+        raise _invalid(name, f"'{name}' in percent must be at most {MAX_MARGIN_PERCENT:g}.")
+    return Margin(number, unit)  # type: ignore[arg-type]
+
+
+def parse_color(value: Any, name: str = "bg_color") -> tuple[int, int, int, int] | None:
+    """A hex colour (``#rgb``, ``#rrggbb`` or ``#rrggbbaa``, the ``#`` optional) as RGBA; None for absent.
+
+    Raises:
+        CutoutError: 400 naming ``name``.
+    """
+    if value is None or value == "":
+        return None
+    match = _HEX_COLOR.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise _invalid(name, f'\'{name}\' must be a hex colour like "#ffffff" or "#ffffff80".')
+    digits = match.group(1)
+    if len(digits) == 3:
+        digits = "".join(c * 2 for c in digits)
+    if len(digits) == 6:
+        digits += "ff"
+    r, g, b, a = (int(digits[i : i + 2], 16) for i in range(0, 8, 2))
+    return r, g, b, a
+
+
+def _choice(data: Mapping[str, Any], name: str, choices: tuple[str, ...]) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise _invalid(name, f"'{name}' must be one of {', '.join(choices)}.")
+    return value.lower()
+
+
+def parse_canvas(value: Any) -> Canvas | None:
+    """The ``canvas`` object; None for absent.
+
+    Raises:
+        CutoutError: 400 naming the member at fault (``canvas.width``...).
+    """
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _invalid("canvas", "'canvas' must be an object with 'width' and 'height'.")
+    unknown = sorted(set(value) - {"width", "height", "position", "padding", "upscale"})
+    if unknown:
+        raise _invalid(f"canvas.{unknown[0]}", f"'canvas' has no member '{unknown[0]}'.")
+    width = _int_field(value, "width", 1, MAX_CANVAS_SIDE, "canvas.width")
+    height = _int_field(value, "height", 1, MAX_CANVAS_SIDE, "canvas.height")
+    if width is None or height is None:
+        missing = "canvas.width" if width is None else "canvas.height"
+        raise _invalid(missing, f"'{missing}' is required.")
+    padding = _int_field(value, "padding", 0, MAX_CANVAS_SIDE, "canvas.padding") or 0
+    if 2 * padding >= min(width, height):
+        raise _invalid("canvas.padding", "'canvas.padding' must leave room for the product (less than half the smaller side).")
+    position = _choice({"canvas.position": value.get("position")}, "canvas.position", POSITIONS) or "center"
+    upscale = value.get("upscale", False)
+    if upscale is None:
+        upscale = False
+    if not isinstance(upscale, bool):
+        raise _invalid("canvas.upscale", "'canvas.upscale' must be a boolean.")
+    return Canvas(width, height, position, padding, upscale)  # type: ignore[arg-type]
+
+
+def parse_output(data: Mapping[str, Any]) -> OutputOptions:
+    """The output options of a request (all absent: today's tight RGBA PNG).
+
+    Raises:
+        CutoutError: 400 naming the field for an invalid value or combination.
+    """
+    margin = parse_margin(data.get("crop_margin"))
+    canvas = parse_canvas(data.get("canvas"))
+    bg_color = parse_color(data.get("bg_color"))
+    fmt = _choice(data, "format", FORMATS) or "png"
+    channels = _choice(data, "channels", CHANNELS) or "rgba"
+    max_size = _int_field(data, "max_size", 1, MAX_OUTPUT_SIDE)
+    if channels == "alpha" and bg_color is not None:
+        raise _invalid("bg_color", "'bg_color' cannot be combined with 'channels': \"alpha\" (the mask has no colour).")
+    if canvas is not None and max_size is not None:
+        raise _invalid("max_size", "'max_size' cannot be combined with 'canvas' (the canvas fixes the size).")
+    return OutputOptions(margin, canvas, bg_color, fmt, channels, max_size)  # type: ignore[arg-type]

@@ -8,17 +8,19 @@ Each class is what one deployment holds: :class:`ImageLoader` (fetcher), :class:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from pipeline import compose, imageio, refine
-from pipeline.contract import Box, CutoutResult, Size
+from pipeline import compose, imageio, output, refine
+from pipeline.cache import HIT, MISS, CacheRequest, ResultCache, hit_body
 from pipeline.errors import moderation_failed
 from pipeline.fetch import Fetcher, FetchLimits, Resolver
 from pipeline.moderation import NudityDetector, Policy, over_white
 from pipeline.netguard import AddressPolicy
+from pipeline.request import OutputOptions
 from pipeline.settings import Settings
 from pipeline.storage import open_storage
 from pipeline.timing import Timings, timed
@@ -29,14 +31,20 @@ class LoadedImage:
     """A decoded input and, when the model is needed, its model-sized copy.
 
     Attributes:
-        image: Full-resolution pixels.
+        image: Full-resolution pixels (None on a cache hit: nothing was decoded).
         model_input: (S, S, 3) uint8 for the segmenter, or None when the model is not needed.
         timings: Milliseconds spent fetching and decoding (see :mod:`pipeline.timing`).
+        cache_name: The storage name of this result in the result cache, or None when off.
+        cached: On a cache hit, the stored answer with a fresh ``result_url`` (no ``sku``).
+        cached_bytes: On a cache hit for a caller that wants the file itself, its bytes.
     """
 
-    image: imageio.DecodedImage
+    image: imageio.DecodedImage | None
     model_input: np.ndarray | None
     timings: Timings = field(default_factory=dict)
+    cache_name: str | None = None
+    cached: dict[str, Any] | None = None
+    cached_bytes: bytes | None = None
 
 
 @dataclass
@@ -73,9 +81,22 @@ class ImageLoader:
             allowed_hosts=settings.allowed_sources,
         )
         self.fetcher = Fetcher(AddressPolicy(settings.allowed_source_networks), limits, resolver, verify)
+        self.cache = ResultCache(open_storage(settings), settings) if settings.result_cache_s > 0 else None
 
-    async def load(self, image_url: str | None, file: str | None, force_rmbg: bool) -> LoadedImage:
-        """Download or decode, then prepare the model input (decoding runs in a worker thread).
+    async def load(
+        self,
+        image_url: str | None,
+        file: str | None,
+        force_rmbg: bool,
+        cache_request: CacheRequest | None = None,
+        want_bytes: bool = False,
+    ) -> LoadedImage:
+        """Download or decode, look the result up in the result cache, then decode and prepare
+        the model input on a miss (decoding runs in a worker thread).
+
+        Args:
+            cache_request: The request's fields that pick its cached result; None: no lookup.
+            want_bytes: On a hit, read the cached file's bytes too.
 
         Raises:
             CutoutError: Any input error of docs/api.md (400, 404, 413, 415, 460).
@@ -93,9 +114,23 @@ class ImageLoader:
                     else imageio.decode_base64(text, limit)
                 )
                 data, parameter = decoded, "file"
+        cache_name = None
+        if self.cache is not None and cache_request is not None:
+            cached_bytes = None
+            with timed(timings, MISS):
+                names = self.cache.names(hashlib.sha256(data).hexdigest(), cache_request)
+                cache_name = names[0]  # where a miss stores its result
+                found = await asyncio.to_thread(self.cache.lookup, names)
+                if found is not None and want_bytes:
+                    cached_bytes = await asyncio.to_thread(self.cache.read, found[0])
+            if found is not None:
+                timings[HIT] = timings.pop(MISS)
+                cache_name, url, answer = found
+                return LoadedImage(None, None, timings, cache_name, {"result_url": url, **answer}, cached_bytes)
         with timed(timings, "decode"):
             loaded = await asyncio.to_thread(self.decode, data, parameter, force_rmbg)
         loaded.timings.update(timings)
+        loaded.cache_name = cache_name
         return loaded
 
     def decode(self, data: bytes, parameter: str, force_rmbg: bool) -> LoadedImage:
@@ -146,6 +181,14 @@ class CutoutOptions:
     force_rmbg: bool
     preserve_alpha: bool
     request_id: str
+    output: OutputOptions = field(default_factory=OutputOptions)
+    cache_name: str | None = None
+    return_bytes: bool = False
+
+    @property
+    def with_placement(self) -> bool:
+        """Whether the answer says where the product sits (not in today's answer without options)."""
+        return self.return_bytes or not self.output.is_default
 
 
 class Finisher:
@@ -158,6 +201,7 @@ class Finisher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.storage = open_storage(settings)
+        self.cache = ResultCache(self.storage, settings)
 
     def compose(
         self, loaded: LoadedImage, probability: np.ndarray | None, options: CutoutOptions
@@ -183,6 +227,11 @@ class Finisher:
     ) -> tuple[dict[str, Any], int]:
         """Encode, store and sign (CPU- and disk-bound).
 
+        With output options the file is rendered by :mod:`pipeline.output` and the body gains
+        ``placement``; without, it is exactly the tight RGBA PNG. With a ``cache_name`` the file
+        is stored under it (create-only). With ``return_bytes`` and no cache, nothing is stored:
+        the body carries the file under ``data`` and no ``result_url``.
+
         Args:
             timings: Where ``encode`` and ``store`` milliseconds are added, if given.
 
@@ -190,18 +239,32 @@ class Finisher:
             The 200 body of docs/api.md, and the bytes stored.
         """
         timings = {} if timings is None else timings
+        height, width = rgba.shape[:2]
+        placement = output.Placement(0, 0, width, height, 1.0, width, height).as_dict()
         with timed(timings, "encode"):
-            png = imageio.encode_png(rgba, self.settings.png_compress_level)
+            if options.output.is_default:
+                data, fmt = imageio.encode_png(rgba, self.settings.png_compress_level), "png"
+            else:
+                source = (loaded.image.width, loaded.image.height)
+                level = self.settings.png_compress_level
+                rendered = output.render(rgba, options.output, level, (crop.left, crop.top), source)
+                data, fmt, placement = rendered.data, rendered.format, rendered.placement.as_dict()
+        image = loaded.image
+        answer = {"crop": crop.as_dict(), "source": {"width": image.width, "height": image.height}, "placement": placement}
         metadata = {"sku": options.sku, "request_id": options.request_id, "model": self.settings.segmenter_model}
-        with timed(timings, "store"):
-            name = self.storage.put(options.org, png, metadata)
-        body = CutoutResult(
-            result_url=self.storage.signed_url(name),
-            sku=options.sku,
-            crop=Box(**crop.as_dict()),
-            source=Size(width=loaded.image.width, height=loaded.image.height),
-        ).model_dump()
-        return body, len(png)
+        body = hit_body({"result_url": None, **answer}, options.sku, with_placement=options.with_placement)
+        if options.cache_name is None and options.return_bytes:
+            body.pop("result_url")
+        else:
+            with timed(timings, "store"):
+                if options.cache_name is not None:
+                    name = self.cache.store(options.cache_name, data, answer, metadata)
+                else:
+                    name = self.storage.put(options.org, data, metadata, fmt=fmt)
+                body["result_url"] = self.storage.signed_url(name)
+        if options.return_bytes:
+            body["data"] = data
+        return body, len(data)
 
     def read(self, name: str, expires: str | None, signature: str | None) -> bytes:
         """A stored result, if its URL's signature is valid and unexpired."""

@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 ENV_PREFIX = "CUTOUT_"
 # Read by the client side (`cutout remove`), not settings of the service.
 CLIENT_ENV = frozenset({"CUTOUT_URL", "CUTOUT_TOKEN"})
+# The age at which cluster/gcs/lifecycle.json deletes results (one day).
+GCS_LIFECYCLE_AGE_S = 24 * 3600
 MIB = 1024 * 1024
 
 # NudeNet 3.x detector labels (the shipped 320n model).
@@ -122,6 +124,15 @@ class Settings(BaseModel):
     )
     result_url_ttl_s: int = Field(
         3600, ge=1, le=7 * 24 * 3600, **_doc("Lifetime of a result URL; the stored result is deleted after it.", "seconds")
+    )
+    result_cache_s: int = Field(
+        3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        **_doc(
+            "How long a result is handed out again for the same image bytes, options, model and weights, without running the model; 0 turns the result cache off. Cached files are kept this plus `CUTOUT_RESULT_URL_TTL_S` (with Cloud Storage, the bucket's lifecycle rule must keep objects at least that long: cluster/gcs/lifecycle.json keeps them a day).",
+            "seconds",
+        ),
     )
     max_src_file_size: int = Field(
         12 * MIB, ge=1024, le=512 * MIB, **_doc("Largest accepted image, after base64 decoding or as downloaded.", "bytes")
@@ -405,6 +416,10 @@ class Settings(BaseModel):
             self.segmenter_input_size,
             self.segmenter_dtype,
         )
+        if self.uses_gcs and self.result_cache_s + self.result_url_ttl_s > GCS_LIFECYCLE_AGE_S:
+            raise ValueError(
+                "result_cache_s + result_url_ttl_s must be at most a day with Cloud Storage (its lifecycle rule deletes results after one)"
+            )
         if self.max_request_body == 0:
             object.__setattr__(self, "max_request_body", 4 * ((self.max_src_file_size + 2) // 3) + 64 * 1024)
         return self

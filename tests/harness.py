@@ -33,6 +33,7 @@ from pipeline import tokens
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
 TTL_S = 12
+CACHE_S = 12  # the result cache's period where a test turns it on (CUTOUT_RESULT_CACHE_S)
 START_TIMEOUT_S = 420
 FACE_POLICY = ["FACE_FEMALE", "FACE_MALE", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED"]
 
@@ -156,6 +157,9 @@ def running_service(
         **{k: v for k, v in os.environ.items() if not k.startswith("CUTOUT_")},
         "RAY_USAGE_STATS_ENABLED": "0",
         "CUTOUT_RESULT_URL_TTL_S": str(TTL_S),
+        # off unless a test turns it on: the other tests send one photo again and again, and
+        # mean to exercise the pipeline each time (tests/integration/test_outputs_it.py turns it on)
+        "CUTOUT_RESULT_CACHE_S": "0",
         "PYTHONPATH": str(ROOT),
         # The cluster's own token (Ray 2.60 token auth), shared by the head, `serve run` and
         # the separate driver of the handle test, like RAY_AUTH_TOKEN in a KubeRay pod.

@@ -160,7 +160,7 @@ def test_an_image_lost_between_stages_is_run_once_more_not_answered_503(tmp_path
 
     settings = load_settings({"data_dir": str(tmp_path)}, environ={})
     fetcher, segmenter, uploader = FakeHandle(True), FakeHandle(True), FakeHandle(True)
-    fetcher.load = _Calls(SimpleNamespace(image="ref", model_input=None))
+    fetcher.load = _Calls(SimpleNamespace(image="ref", model_input=None, cached=None, cache_name=None))
     segmenter.segment = _Calls("mask")
     lost = ray.exceptions.ReferenceCountingAssertionError("00" * 28, "", "")
     uploader.finish = _Calls(lost, ({"result_url": "u"}, {}))

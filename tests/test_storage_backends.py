@@ -473,3 +473,35 @@ def test_uploader_reports_unhealthy_when_the_bucket_is_missing(gcs_emulator, key
     with pytest.raises(CutoutError) as info:
         asyncio.run(uploader.finish(None, None, None, False))
     assert info.value.status == 503
+
+
+def test_formats_get_their_extension_and_content_type(backend):
+    name = backend.storage.put("acme", b"RIFF....WEBPVP8 ", {}, fmt="webp")
+    assert name.endswith(".webp") and backend.storage.metadata(name)["content_type"] == "image/webp"
+    assert backend.get(backend.storage.signed_url(name)) == b"RIFF....WEBPVP8 "
+
+
+def test_put_named_creates_once_and_find_reads_it_back(backend):
+    """The result cache's index: a deterministic name, created whole once, found by any replica."""
+    name = "acme/cache/" + "ab" * 32 + ".png"
+    assert backend.storage.find(name) is None
+    assert backend.storage.put_named(name, PNG, {"answer": "{}"}) is True
+    assert backend.storage.put_named(name, b"other bytes", {"answer": "{}"}) is False  # never overwritten
+    meta = backend.storage.find(name)
+    assert meta["answer"] == "{}" and meta["content_type"] == "image/png" and abs(meta["created"] - time.time()) < 60
+    stored = backend.storage.stored_name(name)
+    assert backend.storage.read(stored) == PNG
+    assert backend.get(backend.storage.signed_url(stored)) == PNG
+
+
+def test_concurrent_put_named_leaves_one_whole_object(backend):
+    import concurrent.futures
+
+    if backend.name == "gcs":
+        pytest.skip("gcp-storage-emulator ignores ifGenerationMatch; Cloud Storage itself refuses the second create (412)")
+    name = "acme/cache/" + "cd" * 32 + ".png"
+    payloads = [bytes([i]) * 50_000 for i in range(6)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        created = list(pool.map(lambda p: backend.storage.put_named(name, p, {"answer": "{}"}), payloads))
+    assert created.count(True) == 1
+    assert backend.storage.read(backend.storage.stored_name(name)) == payloads[created.index(True)]

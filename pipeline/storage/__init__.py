@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from pipeline.storage.base import (
+    CACHE_FOLDER,
     OBJECT_NAME,
     RESULTS_ROUTE,
     ResultStorage,
     StorageConfigError,
+    cache_object_name,
+    content_type_of,
     new_object_name,
 )
 from pipeline.storage.gcs import GCSStorage, storage_client
@@ -23,12 +26,15 @@ if TYPE_CHECKING:
     from pipeline.settings import Settings
 
 __all__ = [
+    "CACHE_FOLDER",
     "OBJECT_NAME",
     "RESULTS_ROUTE",
     "GCSStorage",
     "LocalStorage",
     "ResultStorage",
     "StorageConfigError",
+    "cache_object_name",
+    "content_type_of",
     "load_or_create_key",
     "new_object_name",
     "open_storage",
@@ -49,4 +55,6 @@ def open_storage(settings: Settings) -> ResultStorage:
         )
     key = settings.url_signing_key.get_secret_value().encode() if settings.url_signing_key else None
     key = key or load_or_create_key(settings.data_dir / "url-signing.key")
-    return LocalStorage(settings.results_dir, key, settings.result_url_ttl_s, settings.public_base_url)
+    return LocalStorage(
+        settings.results_dir, key, settings.result_url_ttl_s, settings.public_base_url, cache_s=settings.result_cache_s
+    )

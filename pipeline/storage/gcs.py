@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import CutoutError, unavailable
-from pipeline.storage.base import ResultStorage, StorageConfigError, new_object_name
+from pipeline.storage.base import ResultStorage, StorageConfigError, content_type_of, new_object_name
 
 IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
 GCS_ENDPOINT = "https://storage.googleapis.com"
@@ -224,29 +224,90 @@ class GCSStorage(ResultStorage):
     def _object_name(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
-    def put(self, org: str, png: bytes, metadata: dict[str, Any], now: float | None = None) -> str:
-        """Upload a PNG (create-only) and return its object name.
+    def put(self, org: str, png: bytes, metadata: dict[str, Any], now: float | None = None, fmt: str = "png") -> str:
+        """Upload a result file (create-only) and return its object name.
 
         Raises:
             CutoutError: 503 with ``Retry-After`` when GCS fails or is too slow.
         """
-        name = self._object_name(new_object_name(org, time.time() if now is None else now))
+        name = self._object_name(new_object_name(org, time.time() if now is None else now, fmt))
+        self._upload(name, png, metadata)
+        return name
+
+    def put_named(self, name: str, data: bytes, metadata: dict[str, Any]) -> bool:
+        """Upload ``name`` (a name without the folder prefix) unless it exists.
+
+        ``if_generation_match=0`` makes GCS refuse the upload when the object exists (412), so two
+        replicas storing the same cached result leave exactly one object, written whole.
+        """
+        from google.api_core.exceptions import PreconditionFailed
+
+        if self.find(name) is not None:  # the usual case of a race lost long ago: no upload at all
+            return False
+        try:
+            self._upload(self._object_name(name), data, metadata)
+        except PreconditionFailed:
+            return False
+        return True
+
+    def _upload(self, name: str, data: bytes, metadata: dict[str, Any]) -> None:
+        from google.api_core.exceptions import PreconditionFailed
+
         blob = self.bucket.blob(name)
         blob.metadata = {k: str(v) for k, v in metadata.items() if v is not None}
         blob.cache_control = f"private, max-age={self.ttl_s}"  # no cache outlives the URL
         try:
             blob.upload_from_string(
-                png,
-                content_type="image/png",
+                data,
+                content_type=content_type_of(name),
                 if_generation_match=0,
                 timeout=self.timeout_s,
                 retry=self._retry(),
             )
+        except PreconditionFailed:
+            raise
         except Exception as exc:
             raise unavailable(
                 "Result storage is unavailable; try again.", retry_after=5, internal=f"GCS upload: {type(exc).__name__}"
             ) from None
-        return name
+
+    def stored_name(self, name: str) -> str:
+        """``name`` inside the configured folder."""
+        return self._object_name(name)
+
+    def read(self, name: str) -> bytes:
+        """The bytes of ``name`` (a full object name).
+
+        Raises:
+            CutoutError: 404 when it is gone, 503 when GCS fails.
+        """
+        from google.api_core.exceptions import NotFound
+
+        try:
+            return self.bucket.blob(name).download_as_bytes(timeout=self.timeout_s, retry=self._retry())
+        except NotFound:
+            raise CutoutError(404, "result_not_found", "The result no longer exists.", None) from None
+        except Exception as exc:
+            raise unavailable(
+                "Result storage is unavailable; try again.", retry_after=5, internal=f"GCS read: {type(exc).__name__}"
+            ) from None
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        """The metadata of ``name`` (without the folder prefix), or None when it does not exist.
+
+        Raises:
+            CutoutError: 503 when GCS fails.
+        """
+        try:
+            blob = self.bucket.get_blob(self._object_name(name), timeout=self.timeout_s)
+        except Exception as exc:
+            raise unavailable(
+                "Result storage is unavailable; try again.", retry_after=5, internal=f"GCS lookup: {type(exc).__name__}"
+            ) from None
+        if blob is None:
+            return None
+        created = int(blob.time_created.timestamp()) if blob.time_created else 0
+        return {**(blob.metadata or {}), "content_type": blob.content_type, "created": created, "name": blob.name}
 
     def _signer(self) -> Any:
         if self._signing is None:

@@ -20,9 +20,12 @@ from typing import Any
 
 from pipeline.errors import CutoutError
 from pipeline.storage.base import (
+    CACHE_FOLDER,
+    CONTENT_TYPES,
     OBJECT_NAME,
     RESULTS_ROUTE,
     ResultStorage,
+    content_type_of,
     new_object_name,
 )
 
@@ -45,12 +48,26 @@ def load_or_create_key(path: Path) -> bytes:
     return key.encode()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, exclusive: bool = False) -> bool:
+    """Write ``path`` whole or not at all; with ``exclusive``, only if it does not exist yet.
+
+    Returns:
+        False when ``exclusive`` and the file existed (it is left as it was), else True.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, path)
+        if not exclusive:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)  # atomic, and fails when the name exists
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -65,30 +82,63 @@ class LocalStorage(ResultStorage):
         signing_key: HMAC key for URLs.
         ttl_s: URL lifetime; files are deleted after it.
         public_base_url: Scheme and host the URLs start with.
+        cache_s: How long a cached result is handed out again (:mod:`pipeline.cache`); cached
+            files are kept ``cache_s + ttl_s``, so the last URL given for one outlives it by nothing.
     """
 
-    def __init__(self, root: Path, signing_key: bytes, ttl_s: int, public_base_url: str) -> None:
+    def __init__(self, root: Path, signing_key: bytes, ttl_s: int, public_base_url: str, cache_s: int = 0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._key = signing_key
         self.ttl_s = ttl_s
+        self.cache_s = cache_s
         self.base = public_base_url.rstrip("/")
 
-    def put(self, org: str, png: bytes, metadata: dict[str, Any], now: float | None = None) -> str:
-        """Store a PNG and its metadata; return the object name."""
+    def put(self, org: str, png: bytes, metadata: dict[str, Any], now: float | None = None, fmt: str = "png") -> str:
+        """Store a result file and its metadata; return the object name."""
         now = time.time() if now is None else now
-        name = new_object_name(org, now)
+        name = new_object_name(org, now, fmt)
+        self._write(name, png, metadata, now, exclusive=False)
+        return name
+
+    def put_named(self, name: str, data: bytes, metadata: dict[str, Any], now: float | None = None) -> bool:
+        """Create ``name`` unless it exists (the metadata first, then the file, each atomically)."""
+        return self._write(name, data, metadata, time.time() if now is None else now, exclusive=True)
+
+    def _write(self, name: str, data: bytes, metadata: dict[str, Any], now: float, exclusive: bool) -> bool:
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"content_type": "image/png", "created": int(now), **metadata}
+        if exclusive and path.exists():
+            return False
+        meta = {"content_type": content_type_of(name), "created": int(now), **metadata}
         _atomic_write(path.with_suffix(".json"), json.dumps(meta).encode())
         try:
-            _atomic_write(path, png)
+            return _atomic_write(path, data, exclusive)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 path.with_suffix(".json").unlink()
             raise
-        return name
+
+    def read(self, name: str) -> bytes:
+        """The bytes of ``name``.
+
+        Raises:
+            CutoutError: 404 when it is gone.
+        """
+        try:
+            return (self.root / name).read_bytes()
+        except FileNotFoundError:
+            raise CutoutError(404, "result_not_found", "The result no longer exists.", None) from None
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        """The metadata of ``name``, or None when the file is absent (or about to be deleted)."""
+        path = self.root / name
+        try:
+            created = path.stat().st_mtime
+            meta = json.loads(path.with_suffix(".json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return {**meta, "created": int(created)}
 
     def _signature(self, name: str, expires: int) -> str:
         return hmac.new(self._key, f"{name}\n{expires}".encode(), hashlib.sha256).hexdigest()
@@ -126,7 +176,7 @@ class LocalStorage(ResultStorage):
         return f"local folder {self.root}"
 
     def cleanup(self, now: float | None = None) -> int:
-        """Delete results older than the URL lifetime (and stray partial files); return the count."""
+        """Delete results older than the URL lifetime (cached ones: plus ``cache_s``) and stray partial files; return the count."""
         now = time.time() if now is None else now
         removed = 0
         for path in self.root.rglob("*"):
@@ -137,7 +187,8 @@ class LocalStorage(ResultStorage):
             except FileNotFoundError:
                 continue
             stale_part = path.name.startswith(".part-") and age > 600
-            if stale_part or (path.suffix in (".png", ".json") and age > self.ttl_s):
+            keep_s = self.ttl_s + (self.cache_s if path.parent.name == CACHE_FOLDER else 0)
+            if stale_part or ((path.suffix[1:] in CONTENT_TYPES or path.suffix == ".json") and age > keep_s):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
                     removed += 1
