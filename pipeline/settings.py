@@ -290,7 +290,7 @@ class Settings(BaseModel):
         ),
     )
     overload_refusal_delay_s: float = Field(
-        0.9,
+        0.75,
         ge=0,
         le=1,
         **_doc(
