@@ -290,7 +290,7 @@ class Settings(BaseModel):
         ),
     )
     overload_refusal_delay_s: float = Field(
-        0.75,
+        0.5,
         ge=0,
         le=1,
         **_doc(
