@@ -38,6 +38,7 @@ import json
 import time
 from typing import Any
 
+from pipeline.contract import CutoutResult, Placement
 from pipeline.request import OutputOptions
 from pipeline.settings import Settings
 from pipeline.storage import ResultStorage, cache_object_name
@@ -175,11 +176,20 @@ def cache_state(timings: dict[str, float]) -> str | None:
 
 
 def hit_body(cached: dict[str, Any], sku: str | None, data: bytes | None = None, with_placement: bool = True) -> dict[str, Any]:
-    """The 200 body from a stored answer: ``result_url``, ``sku``, ``crop``, ``source``, then
-    ``placement`` when asked for (a request without output options gets today's four keys)."""
-    body = {"result_url": cached["result_url"], "sku": sku, "crop": cached["crop"], "source": cached["source"]}
-    if with_placement:
-        body["placement"] = cached["placement"]
+    """The 200 body of ``POST /product/cutout`` from an answer (stored or just made), built through
+    :class:`pipeline.contract.CutoutResult`: ``result_url``, ``sku``, ``crop``, ``source``, then
+    ``placement`` when asked for (a request without output options gets today's four keys).
+
+    With ``data`` (the remove.bg endpoint, which answers with the file itself) it is that
+    endpoint's record instead: the file and its :class:`pipeline.contract.Placement`, no URL.
+    """
     if data is not None:
-        body["data"] = data
-    return body
+        return {"placement": Placement.model_validate(cached["placement"]).model_dump(), "data": data}
+    result = CutoutResult(
+        result_url=cached["result_url"],
+        sku=sku,
+        crop=cached["crop"],
+        source=cached["source"],
+        placement=cached["placement"] if with_placement else None,
+    )
+    return result.model_dump(mode="json")

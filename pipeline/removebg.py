@@ -18,8 +18,21 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.contract import RemoveBgData, RemoveBgError, RemoveBgErrors, RemoveBgResult
 from pipeline.errors import CutoutError, bad_request
-from pipeline.request import CutoutRequest, Frame, OutputOptions, parse_color, parse_fields, parse_margin
+from pipeline.request import (
+    COLOR_SCHEMA,
+    MARGIN_SCHEMA,
+    MAX_URL_LENGTH,
+    CutoutRequest,
+    Frame,
+    OutputOptions,
+    parse_color,
+    parse_fields,
+    parse_margin,
+)
 
 ROUTE = "/v1.0/removebg"
 KEY_HEADER = "x-api-key"
@@ -36,10 +49,13 @@ SIZES: dict[str, int | None] = {
     "auto": None,
 }
 TYPES = ("auto", "person", "product", "car", "animal", "graphic", "transportation", "other")
-FORMATS = ("auto", "png", "jpg", "webp", "zip")
+FORMATS = ("auto", "png", "jpg", "webp")
+REFUSED_FORMATS = ("zip",)
+CHANNELS = ("rgba", "alpha")
+POSITIONS = ("original", "center")
+BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+WHOLE_IMAGE = "0% 0% 100% 100%"
 MAX_FIELDS = 64
-# Fields taken as given and without effect (docs/api.md says why for each).
-IGNORED = ("type_level", "add_shadow", "semitransparency", "shadow_type", "shadow_opacity")
 REFUSED = ("bg_image_url", "bg_image_file")
 # remove.bg answers some failures with other statuses than ours.
 STATUS_MAP = {401: 403, 415: 400, 422: 400, 460: 400}
@@ -57,6 +73,68 @@ class Reply:
 
 def _json(status: int, body: dict[str, Any], headers: dict[str, str]) -> Reply:
     return Reply(status, headers, json.dumps(body, separators=(",", ":")).encode(), "application/json")
+
+
+def _param(description: str, schema: dict[str, Any]) -> Any:
+    """A field of :class:`RemoveBgForm`: what the parser reads, and the schema the API publishes for it."""
+    return Field(None, description=description, json_schema_extra=schema)
+
+
+_ANY_VALUE = {"type": ["string", "boolean", "number", "null"]}
+
+
+class RemoveBgForm(BaseModel):
+    """The fields of `POST /v1.0/removebg`, in any of its three body types. Unknown fields are
+    ignored; an absent or empty field takes its default."""
+
+    # to_request reads every field through this model and checks its value there, so the OpenAPI
+    # document (which publishes this model's schema) lists exactly the fields that are read.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    image_file: Any = _param(
+        "The image (JPEG, PNG or WebP): a file part of a multipart/form-data body; in a JSON or urlencoded body, base64.",
+        {"type": ["string", "null"]},
+    )
+    image_file_b64: Any = _param("The image in base64.", {"type": ["string", "null"]})
+    image_url: Any = _param(
+        f"http or https URL of the image, at most {MAX_URL_LENGTH} characters; the host must resolve to a public address.",
+        {"type": ["string", "null"], "maxLength": MAX_URL_LENGTH},
+    )
+    size: Any = _param(
+        "The output's largest pixel count: preview, small, regular 0.25 MP; medium 1.5 MP; hd 4 MP; full, 4k, 50mp, auto "
+        "the source's resolution. Never enlarges.",
+        {"enum": [*SIZES, None], "default": "preview"},
+    )
+    type: Any = _param(
+        "Accepted and ignored (one model cuts out whatever is in front); answered in `X-Type`.",
+        {"enum": [*TYPES, None], "default": "auto"},
+    )
+    format: Any = _param(
+        "auto (PNG, or JPEG when an opaque `bg_color` leaves nothing transparent), png, jpg or webp; zip is refused (400).",
+        {"enum": [*FORMATS, None], "default": "auto"},
+    )
+    roi: Any = _param("Only the whole image is supported; any other region is refused (400).", {"enum": [WHOLE_IMAGE, None]})
+    crop: Any = _param(
+        "true: crop to the product; false (the default): keep the source's frame with the product where it was.",
+        {"enum": [*BOOLEANS, True, False, None], "default": False},
+    )
+    crop_margin: Any = _param(
+        'Space around the product with `crop=true` ("12px" or "5%" of the box); ignored without.', MARGIN_SCHEMA
+    )
+    bg_color: Any = _param("A hex background colour (#rgb, #rrggbb, #rrggbbaa); ignored with `channels=alpha`.", COLOR_SCHEMA)
+    channels: Any = _param("rgba, or alpha: the mask alone.", {"enum": [*CHANNELS, None], "default": "rgba"})
+    position: Any = _param("With `crop=false`: original or center.", {"enum": [*POSITIONS, None], "default": "original"})
+    scale: Any = _param(
+        "With `crop=false`: original, or 10% to 100% (the product fits that share of the frame, centred).",
+        {"type": ["string", "null"], "pattern": r"^(original|\d{1,3}(\.\d+)?%)$", "default": "original"},
+    )
+    type_level: Any = _param("Accepted and ignored.", _ANY_VALUE)
+    add_shadow: Any = _param("Accepted and ignored.", _ANY_VALUE)
+    semitransparency: Any = _param("Accepted and ignored (edges are always soft where the model is unsure).", _ANY_VALUE)
+    shadow_type: Any = _param("Accepted and ignored.", _ANY_VALUE)
+    shadow_opacity: Any = _param("Accepted and ignored.", _ANY_VALUE)
+    bg_image_url: Any = _param("Refused (400) unless empty; use `bg_color`.", {"type": ["string", "null"], "maxLength": 0})
+    bg_image_file: Any = _param("Refused (400) unless empty; use `bg_color`.", {"type": ["string", "null"], "maxLength": 0})
 
 
 @dataclass(frozen=True)
@@ -173,8 +251,7 @@ def read_fields(content_type: str, body: bytes) -> dict[str, Any]:
     )
 
 
-def _text(fields: dict[str, Any], name: str, default: str) -> str:
-    value = fields.get(name)
+def _text(value: Any, name: str, default: str) -> str:
     if value is None or value == "":
         return default
     if isinstance(value, bool):
@@ -184,13 +261,11 @@ def _text(fields: dict[str, Any], name: str, default: str) -> str:
     return str(value).strip().lower()
 
 
-def _boolean(fields: dict[str, Any], name: str) -> bool:
-    value = _text(fields, name, "false")
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0"):
-        return False
-    raise _fail(name, f"'{name}' must be true or false.")
+def _choice(value: Any, name: str, choices: tuple[str, ...] | dict[str, Any], default: str) -> str:
+    text = _text(value, name, default)
+    if text not in choices:
+        raise _fail(name, f"'{name}' must be one of {', '.join(choices)}.")
+    return text
 
 
 def _scale(value: str) -> float | None:
@@ -207,49 +282,43 @@ def _scale(value: str) -> float | None:
 
 
 def to_request(fields: dict[str, Any]) -> RemoveBgRequest:
-    """Map remove.bg's fields onto our request.
+    """Map remove.bg's fields onto our request (each read through :class:`RemoveBgForm`).
 
     Raises:
         CutoutError: 400 naming the field for an invalid or refused value.
     """
+    form = RemoveBgForm.model_validate(fields)
     for name in REFUSED:
-        if fields.get(name) not in (None, ""):
+        if getattr(form, name) not in (None, ""):
             raise _fail(name, f"'{name}' is not supported by this service; use 'bg_color'.")
-    sources = [n for n in ("image_file", "image_file_b64", "image_url") if fields.get(n) not in (None, "", b"")]
+    given = {"image_file": form.image_file, "image_file_b64": form.image_file_b64, "image_url": form.image_url}
+    sources = [name for name, value in given.items() if value not in (None, "", b"")]
     if len(sources) > 1:
         raise _fail(sources[1], "Give exactly one of 'image_file', 'image_file_b64' and 'image_url'.")
     if not sources:
         raise bad_request("missing_image", "Give the image as 'image_file', 'image_file_b64' or 'image_url'.", "image_file")
-    image_file = fields.get("image_file")
-    if image_file is not None and not isinstance(image_file, bytes | str):
+    if form.image_file is not None and not isinstance(form.image_file, bytes | str):
         raise _fail("image_file", "'image_file' must be a file.")
-    size = _text(fields, "size", "preview")
-    if size not in SIZES:
-        raise _fail("size", f"'size' must be one of {', '.join(SIZES)}.")
-    kind = _text(fields, "type", "auto")
-    if kind not in TYPES:
-        raise _fail("type", f"'type' must be one of {', '.join(TYPES)}.")
-    fmt = _text(fields, "format", "auto")
-    if fmt not in FORMATS:
-        raise _fail("format", f"'format' must be one of {', '.join(FORMATS)}.")
-    if fmt == "zip":
+    size = _choice(form.size, "size", SIZES, "preview")
+    kind = _choice(form.type, "type", TYPES, "auto")
+    if _text(form.format, "format", "auto") in REFUSED_FORMATS:
         raise _fail("format", "'format': \"zip\" is not supported by this service; use png, or jpg with channels=alpha.")
-    roi = _text(fields, "roi", "0% 0% 100% 100%")
-    if roi.split() != ["0%", "0%", "100%", "100%"]:
+    fmt = _choice(form.format, "format", FORMATS, "auto")
+    if _text(form.roi, "roi", WHOLE_IMAGE).split() != WHOLE_IMAGE.split():
         raise _fail("roi", "'roi' other than the whole image is not supported by this service.")
-    crop = _boolean(fields, "crop")
-    channels = _text(fields, "channels", "rgba")
-    if channels not in ("rgba", "alpha"):
-        raise _fail("channels", "'channels' must be rgba or alpha.")
-    color = parse_color(fields.get("bg_color") or None)
+    crop = BOOLEANS.get(_text(form.crop, "crop", "false"))
+    if crop is None:
+        raise _fail("crop", "'crop' must be true or false.")
+    channels = _choice(form.channels, "channels", CHANNELS, "rgba")
+    color = parse_color(form.bg_color or None)
     if color is not None and channels == "alpha":
         color = None  # remove.bg returns the mask and leaves the colour out
-    position = _text(fields, "position", "original")
-    if position not in ("original", "center"):
+    position = _text(form.position, "position", "original")
+    if position not in POSITIONS:
         raise _fail("position", "'position' must be original or center (other positions are not supported).")
-    scale = _scale(_text(fields, "scale", "original"))
+    scale = _scale(_text(form.scale, "scale", "original"))
     frame = None if crop else Frame("center" if scale is not None else position, scale)  # type: ignore[arg-type]
-    margin = parse_margin(fields.get("crop_margin") or None) if crop else None
+    margin = parse_margin(form.crop_margin or None) if crop else None
     if fmt == "auto":
         fmt = "jpg" if color is not None and color[3] == 255 and channels == "rgba" else "png"
     output = OutputOptions(
@@ -260,11 +329,11 @@ def to_request(fields: dict[str, Any]) -> RemoveBgRequest:
         max_pixels=SIZES[size],
         frame=frame,
     )
-    if isinstance(image_file, bytes):
-        file = base64.b64encode(image_file).decode("ascii")
+    if isinstance(form.image_file, bytes):
+        file = base64.b64encode(form.image_file).decode("ascii")
     else:
-        file = image_file or fields.get("image_file_b64") or None
-    cutout = parse_fields({"image_url": fields.get("image_url") or None, "file": file})
+        file = form.image_file or form.image_file_b64 or None
+    cutout = parse_fields({"image_url": form.image_url or None, "file": file})
     return RemoveBgRequest(cutout.with_output(output), kind)
 
 
@@ -305,26 +374,26 @@ def answer(
     data: bytes = result["data"]
     if "application/json" in accept.lower():
         place = result["placement"]
-        body = {
-            "data": {
-                "result_b64": base64.b64encode(data).decode("ascii"),
-                "foreground_top": place["top"],
-                "foreground_left": place["left"],
-                "foreground_width": place["width"],
-                "foreground_height": place["height"],
-            }
-        }
-        return _json(200, body, headers)
+        body = RemoveBgResult(
+            data=RemoveBgData(
+                result_b64=base64.b64encode(data).decode("ascii"),
+                foreground_top=place["top"],
+                foreground_left=place["left"],
+                foreground_width=place["width"],
+                foreground_height=place["height"],
+            )
+        )
+        return _json(200, body.model_dump(), headers)
     media = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}[parsed.cutout.output.format]
     return Reply(200, headers, data, media)
 
 
 def error_body(error: CutoutError) -> dict[str, Any]:
-    """remove.bg's error shape: ``{"errors": [{"title", "code", "detail"}]}`` (the field at fault in ``source``)."""
-    entry: dict[str, Any] = {"title": error.message, "code": error.reason}
-    if error.parameter:
-        entry["source"] = {"parameter": error.parameter}
-    return {"errors": [entry]}
+    """remove.bg's error shape, :class:`pipeline.contract.RemoveBgErrors`: ``{"errors": [{"title", "code"}]}``
+    (and the field at fault in ``source``)."""
+    source = {"parameter": error.parameter} if error.parameter else None
+    entry = RemoveBgError(title=error.message, code=error.reason, source=source)
+    return RemoveBgErrors(errors=[entry]).model_dump()
 
 
 def error_response(error: CutoutError, rpm: int | None, request_id: str | None, now: float | None = None) -> Reply:

@@ -52,6 +52,9 @@ _CANVAS_SCHEMA = {
     },
 }
 _HEX_COLOR = re.compile(r"^#?([0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})$")
+# What parse_margin and parse_color accept, as JSON schemas (the remove.bg endpoint publishes them too).
+MARGIN_SCHEMA = {"type": ["string", "integer", "null"], "pattern": r"^\d+(\.\d+)?(px|%)$"}
+COLOR_SCHEMA = {"type": ["string", "null"], "pattern": _HEX_COLOR.pattern}
 
 
 @dataclass(frozen=True)
@@ -180,17 +183,15 @@ class CutoutRequest(BaseModel):
     )
     # Output options (docs/api.md, Output options): validated by parse_output in _one_image, which
     # names the field (or the member of canvas) at fault; the types here are what the schema publishes.
-    crop_margin: Annotated[Any, WithJsonSchema({"type": ["string", "integer", "null"], "pattern": r"^\d+(\.\d+)?(px|%)$"})] = (
-        Field(
-            None,
-            description=f'Transparent space around the product\'s box: pixels ("12px", or a number; up to {MAX_MARGIN_PX}) or percent of the box ("5%", up to 100).',
-            examples=["12px", "5%"],
-        )
+    crop_margin: Annotated[Any, WithJsonSchema(MARGIN_SCHEMA)] = Field(
+        None,
+        description=f'Transparent space around the product\'s box: pixels ("12px", or a number; up to {MAX_MARGIN_PX}) or percent of the box ("5%", up to 100).',
+        examples=["12px", "5%"],
     )
     canvas: Annotated[Any, WithJsonSchema(_CANVAS_SCHEMA)] = Field(
         None, description="A fixed-size output with the product placed on it, scaled down to fit (never up unless `upscale`)."
     )
-    bg_color: Annotated[Any, WithJsonSchema({"type": ["string", "null"], "pattern": _HEX_COLOR.pattern})] = Field(
+    bg_color: Annotated[Any, WithJsonSchema(COLOR_SCHEMA)] = Field(
         None, description="A background colour instead of transparency: #rgb, #rrggbb or #rrggbbaa.", examples=["#ffffff"]
     )
     format: Annotated[Any, WithJsonSchema({"enum": [*FORMATS, None]})] = Field(

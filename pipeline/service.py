@@ -229,14 +229,16 @@ class Finisher:
 
         With output options the file is rendered by :mod:`pipeline.output` and the body gains
         ``placement``; without, it is exactly the tight RGBA PNG. With a ``cache_name`` the file
-        is stored under it (create-only). With ``return_bytes`` and no cache, nothing is stored:
-        the body carries the file under ``data`` and no ``result_url``.
+        is stored under it (create-only). With ``return_bytes`` the answer is the file under
+        ``data`` and its ``placement`` (the remove.bg endpoint's record); without a cache
+        nothing is stored then.
 
         Args:
             timings: Where ``encode`` and ``store`` milliseconds are added, if given.
 
         Returns:
-            The 200 body of docs/api.md, and the bytes stored.
+            The 200 body of docs/api.md (built through :class:`pipeline.contract.CutoutResult`),
+            or the remove.bg record; and the size of the file.
         """
         timings = {} if timings is None else timings
         height, width = rgba.shape[:2]
@@ -252,18 +254,16 @@ class Finisher:
         image = loaded.image
         answer = {"crop": crop.as_dict(), "source": {"width": image.width, "height": image.height}, "placement": placement}
         metadata = {"sku": options.sku, "request_id": options.request_id, "model": self.settings.segmenter_model}
-        body = hit_body({"result_url": None, **answer}, options.sku, with_placement=options.with_placement)
-        if options.cache_name is None and options.return_bytes:
-            body.pop("result_url")
-        else:
+        url = None
+        if options.cache_name is not None or not options.return_bytes:
             with timed(timings, "store"):
                 if options.cache_name is not None:
                     name = self.cache.store(options.cache_name, data, answer, metadata)
                 else:
                     name = self.storage.put(options.org, data, metadata, fmt=fmt)
-                body["result_url"] = self.storage.signed_url(name)
-        if options.return_bytes:
-            body["data"] = data
+                url = self.storage.signed_url(name)
+        file = data if options.return_bytes else None
+        body = hit_body({"result_url": url, **answer}, options.sku, file, with_placement=options.with_placement)
         return body, len(data)
 
     def read(self, name: str, expires: str | None, signature: str | None) -> bytes:

@@ -10,7 +10,8 @@ from pipeline.settings import load_settings
 from pipeline.storage import LocalStorage, load_or_create_key
 
 DIGEST = "0" * 64
-ANSWER = {"crop": {"left": 1, "top": 2, "width": 3, "height": 4}, "source": {"width": 9, "height": 9}, "placement": {}}
+PLACEMENT = {"left": 0, "top": 0, "width": 3, "height": 4, "scale": 1.0, "output": {"width": 3, "height": 4}}
+ANSWER = {"crop": {"left": 1, "top": 2, "width": 3, "height": 4}, "source": {"width": 9, "height": 9}, "placement": PLACEMENT}
 
 
 def make_cache(tmp_path, **args):
@@ -113,5 +114,6 @@ def test_hit_body_has_todays_keys_without_options_and_the_state_header():
     body = hit_body({"result_url": "u", **ANSWER}, "S", with_placement=False)
     assert list(body) == ["result_url", "sku", "crop", "source"]
     assert list(hit_body({"result_url": "u", **ANSWER}, None)) == ["result_url", "sku", "crop", "source", "placement"]
+    assert hit_body({"result_url": None, **ANSWER}, "S", b"file") == {"placement": PLACEMENT, "data": b"file"}  # remove.bg's
     assert cache_state({"cache_hit": 1.0}) == "hit" and cache_state({"cache_miss": 1.0}) == "miss" and cache_state({}) is None
     assert OutputOptions().is_default

@@ -55,14 +55,25 @@ def test_the_served_document_is_valid_and_the_one_the_code_generates(service):
 
 def test_every_answer_to_generated_requests_matches_the_schema_and_none_is_a_500(service):
     """Schemathesis generates valid and invalid requests for every operation of the served
-    document (a dozen each, the same ones on every run) and checks each answer: no 5xx other
-    than a documented 503, a documented status, content type, headers and body. Generated
-    ``image_url`` values that name a host get 400 ``url_not_allowed`` or 460 by design: the
-    service does not fetch from addresses that are not public."""
+    document (a dozen each, the same ones on every run), the remove.bg endpoint's three body
+    types included, and checks each answer: no 5xx other than a documented 503, a documented
+    status, content type, headers and body. Generated ``image_url`` values that name a host get
+    400 ``url_not_allowed`` or 460 by design: the service does not fetch from addresses that
+    are not public."""
     token = tokens.create_token(service.data_dir / "tokens.json", "fuzz")  # its own rate limit
     schema = schemathesis.openapi.from_url(service.url + "/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]  # all but the document itself
-    assert {op.label for op in operations} >= {"POST /product/cutout", "GET /healthz", "GET /", "GET /docs"}
+    assert {op.label for op in operations} >= {
+        "POST /product/cutout",
+        "POST /v1.0/removebg",
+        "GET /results/{org}/{year}/{month}/{day}/{name}",
+        "GET /results/{org}/cache/{name}",
+        "GET /healthz",
+        "GET /",
+        "GET /docs",
+    }
+    credentials = {"api_token": token, "X-Api-Key": token}  # each operation's own scheme (the other header is ignored)
+    answered: dict[str, set] = {op.label: set() for op in operations}
     for operation in operations:
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
 
@@ -74,14 +85,19 @@ def test_every_answer_to_generated_requests_matches_the_schema_and_none_is_a_500
                 suppress_health_check=list(hypothesis.HealthCheck),
                 phases=[hypothesis.Phase.generate],
             )
-            @hypothesis.given(operation.as_strategy(generation_mode=mode, headers={"api_token": token}))
+            @hypothesis.given(operation.as_strategy(generation_mode=mode, headers=credentials))
             def check(case):
-                case.call_and_validate(base_url=service.url, checks=CHECKS, timeout=60)
+                response = case.call_and_validate(base_url=service.url, checks=CHECKS, timeout=60)
+                answered[case.operation.label].add((case.media_type, response.status_code))
 
             try:
                 check()
             except hypothesis.errors.Unsatisfiable:
                 assert mode is schemathesis.GenerationMode.NEGATIVE  # an operation with no input to make invalid
+    assert all(answered.values()), answered  # every operation was called
+    # the key was taken and each of the remove.bg endpoint's body types read (and refused: fuzz is no image)
+    refused = {media for media, status in answered["POST /v1.0/removebg"] if status == 400}
+    assert refused == {"multipart/form-data", "application/x-www-form-urlencoded", "application/json"}, answered
 
 
 def test_the_client_held_at_the_rate_limit_waits_out_every_retry_after_and_gets_200s(service):
