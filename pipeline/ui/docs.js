@@ -73,7 +73,7 @@
     return table(["field", "type", "default", "meaning"], rows);
   }
 
-  function operation(path, method, op) {
+  function operation(path, method, op, securitySchemes) {
     const section = el("section", el("h3", el("span", method), el("code", path)));
     section.className = "op";
     section.firstChild.firstChild.className = "method";
@@ -81,7 +81,8 @@
     if (op.summary) section.append(prose(op.summary));
     if (op.description) section.append(prose(op.description));
     if (op.security && op.security.length) {
-      section.append(prose("Authentication: the `api_token` header."));
+      const schemes = op.security.flatMap((s) => Object.keys(s)).map((k) => "`" + securitySchemes[k].name + "`");
+      section.append(prose("Authentication: the " + schemes.join(" or ") + " header."));
     }
     if (op.parameters && op.parameters.length) {
       section.append(el("h4", "Parameters"));
@@ -120,7 +121,7 @@
     main.append(el("h2", "Operations"));
     for (const [path, item] of Object.entries(doc.paths)) {
       for (const method of METHODS) {
-        if (item[method]) main.append(operation(path, method, item[method]));
+        if (item[method]) main.append(operation(path, method, item[method], doc.components.securitySchemes));
       }
     }
     main.append(el("h2", "Schemas"));
