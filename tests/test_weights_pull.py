@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import secrets
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -217,12 +218,13 @@ def test_pull_to_gcs_uploads_once_and_verifies(hub, gcs_emulator, tmp_path, caps
     body = safetensors_bytes()
     digest = hashlib.sha256(body).hexdigest()
     hub.files[("ZhengPeng7/BiRefNet", UNPINNED, "model.safetensors")] = body
-    dest = f"gs://{gcs_emulator.bucket}/models"
+    prefix = f"pull-{secrets.token_hex(4)}/models"  # the emulator's bucket is shared with other tests
+    dest = f"gs://{gcs_emulator.bucket}/{prefix}"
     args = ["birefnet-general", "--revision", UNPINNED, "--sha256", digest, "--to", dest]
     assert pull(*args) == 0
     uri = f"{dest}/birefnet-general-{UNPINNED[:12]}.safetensors"
     assert f"CUTOUT_SEGMENTER_WEIGHTS_URI={uri}" in capsys.readouterr().out
-    blob = gcs_emulator.client().bucket(gcs_emulator.bucket).blob(f"models/birefnet-general-{UNPINNED[:12]}.safetensors")
+    blob = gcs_emulator.client().bucket(gcs_emulator.bucket).blob(f"{prefix}/birefnet-general-{UNPINNED[:12]}.safetensors")
     assert blob.download_as_bytes() == body
     # the service's own loader reads it back from gs:// with the printed hash
     from pipeline.models.weights import fetch_weights
@@ -233,8 +235,8 @@ def test_pull_to_gcs_uploads_once_and_verifies(hub, gcs_emulator, tmp_path, caps
     hub.files[("ZhengPeng7/BiRefNet", UNPINNED, "model.safetensors")] = body + b" "
     assert pull(*args) == 2
     assert blob.download_as_bytes() == body
-    names = [b.name for b in gcs_emulator.client().list_blobs(gcs_emulator.bucket, prefix="models/")]
-    assert names == [f"models/birefnet-general-{UNPINNED[:12]}.safetensors"]
+    names = [b.name for b in gcs_emulator.client().list_blobs(gcs_emulator.bucket, prefix=prefix + "/")]
+    assert names == [f"{prefix}/birefnet-general-{UNPINNED[:12]}.safetensors"]
 
 
 def test_every_hub_pin_is_well_formed():
