@@ -46,7 +46,7 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
 
-## Only the tests on a multi-node Ray cluster on loopback (a CPU-less head, two CPU nodes, a node
+## Only the tests on a multi-node Ray cluster on this machine (a CPU-less head, two CPU nodes, a node
 ## with logical GPUs): placement, autoscaling, faults, the batch job. `make test` runs them too.
 test-cluster: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m cluster

@@ -1,7 +1,8 @@
-"""A multi-node Ray cluster on loopback running the real application, for tests and benchmarks.
+"""A multi-node Ray cluster on this machine running the real application, for tests and benchmarks.
 
 :func:`running_cluster` starts, with Ray's own ``ray.cluster_utils.Cluster``, four Ray nodes
-on this machine: a head with no CPUs (it holds Serve's controller and its HTTP proxy, never a
+on this machine (they reach each other on its own address; HTTP is on loopback only): a head
+with no CPUs (it holds Serve's controller and its HTTP proxy, never a
 replica), two CPU worker nodes, and a worker node that declares two logical GPUs. It then
 deploys the application by ``serve run`` of a copy of ``serve_config.yaml`` (the path
 ``make serve`` takes), with the segmenter asking for a GPU exactly as
@@ -12,12 +13,12 @@ and runs its CPU engine (u2netp, ONNX) while Ray places it by its ``num_gpus``. 
 the replica counts and the nodes are those Serve and Ray report.
 
 Requests go through Serve's HTTP proxy on the head (``proxy_location: HeadOnly``): every node of
-this cluster shares one loopback address, so a proxy per node could not each own the port, and
+this cluster shares one machine, so a proxy per node could not each own the port, and
 the ingress replicas on the worker nodes are reached through the proxy like on a real cluster.
 Ray's token authentication is off in this cluster (``RAY_AUTH_MODE=disabled``), unlike
 ``tests/harness.py``: the cluster's nodes are started from this very process, whose Ray reads its
 authentication mode once, when it is first imported, and the test connects to the cluster as a
-driver to read Serve's state. Only loopback is listened on.
+driver to read Serve's state. Serve's HTTP port listens on loopback only.
 """
 
 from __future__ import annotations
@@ -413,8 +414,9 @@ def inject_faults(svc: ClusterService, body: dict, clients: int, bound_s: float 
                 what = f"worker node {node} ({', '.join(sorted(r.deployment for r in victims))})"
             seconds = recovered(svc, {v.actor_id for v in victims}, body, bound_s, probes)
             seen: dict[str, int] = {}
-            for o in load.since(t0):
+            during = load.since(t0)
+            for o in during:
                 key = str(o.status) if o.status in (0, 200) else f"{o.status} {o.reason}"
                 seen[key] = seen.get(key, 0) + 1
-            rows.append({"fault": what, "statuses": seen, "seconds_to_whole": seconds})
+            rows.append({"fault": what, "stage": stage, "statuses": seen, "seconds_to_whole": seconds, "outcomes": during})
     return rows, load, probes
