@@ -268,6 +268,7 @@ class Outcome:
     reason: str | None = None
     retry_after: str | None = None
     result_name: str | None = None
+    ended: float = 0.0
 
 
 class Load:
@@ -289,12 +290,13 @@ class Load:
             try:
                 r = self.svc.post(self.body, timeout=self.timeout_s)
             except requests.RequestException:
-                self.outcomes.append(Outcome(started, 0))
+                self.outcomes.append(Outcome(started, 0, ended=time.monotonic()))
                 continue
             body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
             name = body.get("result_url", "").split("/results/")[-1].split("?")[0] if r.status_code == 200 else None
             reason = (body.get("error") or {}).get("reason") if r.status_code != 200 else None
-            self.outcomes.append(Outcome(started, r.status_code, reason, r.headers.get("retry-after"), name))
+            retry_after = r.headers.get("retry-after")
+            self.outcomes.append(Outcome(started, r.status_code, reason, retry_after, name, time.monotonic()))
 
     def __enter__(self) -> Load:
         self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
@@ -307,8 +309,9 @@ class Load:
         for t in self._threads:
             t.join(timeout=self.timeout_s + 10)
 
-    def since(self, t0: float) -> list[Outcome]:
-        return [o for o in list(self.outcomes) if o.started >= t0]
+    def answered_since(self, t0: float) -> list[Outcome]:
+        """The outcomes that came back after ``t0`` (requests in flight then among them)."""
+        return [o for o in list(self.outcomes) if o.ended >= t0]
 
 
 class Timeline:
@@ -414,7 +417,7 @@ def inject_faults(svc: ClusterService, body: dict, clients: int, bound_s: float 
                 what = f"worker node {node} ({', '.join(sorted(r.deployment for r in victims))})"
             seconds = recovered(svc, {v.actor_id for v in victims}, body, bound_s, probes)
             seen: dict[str, int] = {}
-            during = load.since(t0)
+            during = load.answered_since(t0)
             for o in during:
                 key = str(o.status) if o.status in (0, 200) else f"{o.status} {o.reason}"
                 seen[key] = seen.get(key, 0) + 1
