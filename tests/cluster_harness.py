@@ -41,6 +41,7 @@ import yaml
 
 from pipeline import tokens
 from tests.harness import FACE_POLICY, ROOT, START_TIMEOUT_S, _ray_bin, _stop, free_port
+from tests.harness import ray_env as embedded_ray_env
 
 APP = "product_cutout"
 STAGES = ("Ingress", "Fetcher", "Moderator", "Segmenter", "Uploader", "RateLimiter")
@@ -196,9 +197,12 @@ def running_cluster(
     token = tokens.create_token(data_dir / "tokens.json", "acme")
 
     ray_env = {
+        **embedded_ray_env(),  # serve.env, as `make serve` has it...
+        # ...but through Serve's proxy, not direct ingress: several ingress replicas on nodes
+        # that share one machine could not each own serve.env's port
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_AUTH_MODE": "disabled",
-        "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
         # replicas and handles report their load every second, not every ten: the autoscaler
         # sees a load step within the test's short delays
         "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
