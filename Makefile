@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: venv serve test eval bench bench-load bench-cache image manifests lock clean
+.PHONY: venv serve test test-cluster eval bench bench-load bench-cache image manifests lock clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
+## Only the tests on a multi-node Ray cluster on this machine (a CPU-less head, two CPU nodes, a node
+## with logical GPUs): placement, autoscaling, faults, the batch job. `make test` runs them too.
+test-cluster: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m cluster
 
 ## Score cutout quality on ../shared/eval (IoU, MAE, boundary F, edge colour error).
 eval: $(STAMP)

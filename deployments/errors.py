@@ -43,6 +43,21 @@ def lost_object(exc: BaseException) -> bool:
     return False
 
 
+def replica_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the replica serving a call died or became unreachable."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, (RayActorError, ActorUnavailableError)):
+            return True
+        cause = getattr(seen, "cause", None)
+        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    return False
+
+
 def to_cutout_error(exc: BaseException, request_id: str) -> CutoutError:
     """The client-facing error for ``exc``; unexpected ones are logged and become a bare 500.
 

@@ -23,13 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from deployments.accesslog import RequestReporter
-from deployments.errors import lost_object, to_cutout_error
+from deployments.errors import lost_object, replica_lost, to_cutout_error
 from pipeline import removebg, web
 from pipeline.accesslog import AccessRecord
 from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
 from pipeline.cache import CacheRequest, cache_state, hit_body
 from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
-from pipeline.ratelimit import DenialCache, retry_after_header
+from pipeline.ratelimit import DenialCache, TokenBuckets, retry_after_header
 from pipeline.request import CutoutRequest, parse_body, parse_fields
 from pipeline.service import CutoutOptions
 from pipeline.settings import Settings
@@ -43,6 +43,11 @@ CUTOUT_ROUTE = "/product/cutout"
 HEALTH_ROUTE = "/healthz"
 TOKEN_HEADERS = ("api_token", "api-token")
 HEALTH_TIMEOUT_S = 2.0
+# Past this the shared rate limiter counts as unavailable and this replica limits on its own.
+LIMITER_TIMEOUT_S = 2.0
+# The stages a request may run again after its replica died: they store nothing. The upload is
+# create-only and may have stored the result before its replica died, so it is not rerun.
+IDEMPOTENT_STAGES = ("fetch", "moderate", "segment")
 # Refusals a second answered at once, per unit of the measured service rate (at least
 # MIN_FAST_REFUSALS_PER_S): a client honouring Retry-After stays well within it.
 FAST_REFUSALS_PER_IMAGE = 4
@@ -98,6 +103,8 @@ class Ingress:
         self.admission = FairAdmission(settings.ingress_max_inflight, settings.admission_max_wait_s)
         self.pacer = RefusalPacer(MIN_FAST_REFUSALS_PER_S, settings.overload_refusal_delay_s)
         self.denials = DenialCache()
+        # while the shared limiter is down or restarting: the same limits, held by this replica
+        self.local_limits = TokenBuckets(burst_s=settings.rate_limit_burst_s)
         self.reporter = RequestReporter(settings.access_log_format)
 
     async def __call__(self, request: Request) -> Response:
@@ -256,12 +263,21 @@ class Ingress:
 
     async def _rate_limit(self, org: str, rpm: int) -> None:
         """429 with ``Retry-After`` when ``org`` is over ``rpm``; a refused organization is
-        answered here, without a hop to the shared limiter, until its wait is over."""
+        answered here, without a hop to the shared limiter, until its wait is over.
+
+        When the shared limiter does not answer (its replica died and Serve is starting another),
+        this replica applies the same limit on its own buckets: requests are neither refused
+        for it nor let through unlimited; the limit holds per ingress replica meanwhile.
+        """
         if rpm <= 0:
             return
         wait = self.denials.wait(org)
         if wait <= 0:
-            wait = await self.limiter.acquire.remote(org, rpm)
+            try:
+                wait = await asyncio.wait_for(self.limiter.acquire.remote(org, rpm), timeout=LIMITER_TIMEOUT_S)
+            except Exception as exc:
+                logger.warning("the rate limiter is unavailable (%s); limiting on this replica", type(exc).__name__)
+                wait = self.local_limits.acquire(org, rpm)
             if wait > 0:
                 # as long as the Retry-After it is told: a client honouring it is not back sooner
                 self.denials.deny(org, retry_after_header(wait))
@@ -323,43 +339,53 @@ class Ingress:
     async def _pipeline_retrying_lost_images(
         self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False
     ) -> tuple[dict[str, Any], Timings]:
-        """The pipeline, run once more when the stored image was lost between stages.
+        """The pipeline, run once more when the stored image was lost between stages, or when
+        the replica of an idempotent stage died during the call.
 
         Every stage before the upload is idempotent and the upload is create-only, so a second
         run is safe. Under load Ray now and then frees the image the fetcher stored before the
         uploader reads it (``ReferenceCountingAssertionError``: the fetcher owns the object and
         the ingress only borrows it); the object is also lost when the fetcher's replica dies.
+        A replica that dies in the upload is not run again (it may have stored the result):
+        that request is answered 503 with ``Retry-After``.
         """
+        reached: list[str] = []
         try:
-            return await self._pipeline(org, req, request_id, return_bytes)
+            return await self._pipeline(org, req, request_id, return_bytes, reached)
         except Exception as exc:
-            if not lost_object(exc):
+            died = replica_lost(exc) and bool(reached) and reached[-1] in IDEMPOTENT_STAGES
+            if not (lost_object(exc) or died):
                 raise
-            logger.warning(
-                "request %s: the stored image was lost between stages (%s); running it once more", request_id, type(exc).__name__
-            )
-        return await self._pipeline(org, req, request_id, return_bytes)
+            what = "a stage's replica died" if died else "the stored image was lost between stages"
+            logger.warning("request %s: %s (%s); running it once more", request_id, what, type(exc).__name__)
+        return await self._pipeline(org, req, request_id, return_bytes, [])
 
     async def _pipeline(
-        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False
+        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False, reached: list[str] | None = None
     ) -> tuple[dict[str, Any], Timings]:
         # The decoded image stays in Ray's object store: the fetcher returns a reference to it
         # and the model-sized input; the reference goes on to the moderator and uploader, and
         # the segmenter (the GPU stage) receives only the model-sized input. The segmenter's
         # answer, a model-sized mask, comes back here and goes on to the uploader by value.
         # The fetcher also looks the result up in the result cache (pipeline/cache.py): a hit
-        # answers with the stored result and runs nothing else.
+        # answers with the stored result and runs nothing else. ``reached`` names the stage
+        # being called, for the retry above.
+        reached = [] if reached is None else reached
+        reached.append("fetch")
         cached = CacheRequest(org, req.force_rmbg, req.preserve_alpha, req.content_moderation, req.output)
         fetched = await self.fetcher.load.remote(req.image_url, req.file, req.force_rmbg, cached, return_bytes)
         if fetched.cached is not None:
             body = hit_body(fetched.cached, req.sku, fetched.cached_bytes, return_bytes or not req.output.is_default)
             return body, fetched.timings
         if req.content_moderation:
+            reached.append("moderate")
             await self.moderator.check_input.remote(fetched.image)
+        reached.append("segment")
         segmentation = await self.segmenter.segment.remote(fetched.model_input)
         options = CutoutOptions(
             org, req.sku, req.force_rmbg, req.preserve_alpha, request_id, req.output, fetched.cache_name, return_bytes
         )
+        reached.append("upload")
         return await self.uploader.finish.remote(fetched.image, segmentation, options, req.content_moderation)
 
     async def _result(self, request: Request) -> Response:

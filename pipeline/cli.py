@@ -73,7 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("--sha256", default=None, help="the file's SHA-256, for a revision this version does not pin")
     pull.add_argument("--accept-licence", action="store_true", help="accept a licence that forbids commercial use")
     remove.add_arguments(sub.add_parser("remove", help="cut out files, folders, URLs or a CSV of sku,image_url through the API"))
+    batch = sub.add_parser("batch", help="cut out a CSV of sku,image_url inside the Ray cluster (a Ray Data job)")
+    batch.add_argument("catalog", type=Path, help="CSV with rows of sku,image_url (a header row is allowed)")
+    batch.add_argument("--out", type=Path, required=True, help="JSON Lines output, appended to; finished rows are skipped")
+    batch.add_argument("--org", default="local", help="organization the results are stored and rate-limited under")
+    batch.add_argument("--concurrency", type=int, default=8, help="most rows in the application at once")
+    batch.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, or the local cluster)")
     args = parser.parse_args(argv)
+    if args.command == "batch":  # a Ray driver (deployments.batch), loaded by name only when asked for
+        return _batch(args)
     if args.command == "weights":
         return _weights_pull(args)
 
@@ -111,6 +119,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cutout: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    import importlib
+
+    if args.concurrency < 1:
+        print("cutout batch: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    batch = importlib.import_module("deployments.batch")
+    return batch.command(args.catalog, args.out, args.org, args.concurrency, args.address)
 
 
 def _weights_pull(args: argparse.Namespace) -> int:

@@ -191,3 +191,73 @@ def test_a_queued_request_waits_no_longer_than_the_request_timeout(tmp_path):
     error = asyncio.run(go())
     assert (error.status, error.reason) == (503, "overloaded") and error.retry_after >= 1
     assert ingress.admission.queued == 0 and ingress.admission.inflight == 0
+
+
+def _graph(tmp_path, **answers):
+    from types import SimpleNamespace
+
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    fetcher, segmenter, moderator, uploader = (FakeHandle(True) for _ in range(4))
+    fetcher.load = answers.get("load", _Calls(SimpleNamespace(image="ref", model_input=None, cached=None, cache_name=None)))
+    moderator.check_input = answers.get("check_input", _Calls(None))
+    segmenter.segment = answers.get("segment", _Calls("mask"))
+    uploader.finish = answers.get("finish", _Calls(({"result_url": "u"}, {})))
+    ingress = Ingress.func_or_class(settings, fetcher, segmenter, moderator, uploader, FakeHandle(True))
+    return ingress, fetcher, segmenter, moderator, uploader
+
+
+def test_a_replica_dying_in_an_idempotent_stage_is_run_once_more_not_answered_503(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.request import parse_fields
+
+    died = ray.exceptions.ActorDiedError()
+    good = {
+        "load": SimpleNamespace(image="ref", model_input=None, cached=None, cache_name=None),
+        "check_input": None,
+        "segment": "mask",
+    }
+    for stage, answer in good.items():
+        ingress, fetcher, *_ = _graph(tmp_path, **{stage: _Calls(died, answer)})
+        body, _ = asyncio.run(ingress._run("acme", parse_fields({"file": "x", "content_moderation": True}), "rid"))
+        assert body == {"result_url": "u"} and fetcher.load.calls == 2, stage
+    # twice in a row: the retryable 503, after one retry only
+    ingress, fetcher, segmenter, *_ = _graph(tmp_path, segment=_Calls(died))
+    with pytest.raises(Exception) as failed:
+        asyncio.run(ingress._run("acme", parse_fields({"file": "x"}), "rid"))
+    error = to_cutout_error(failed.value, "rid")
+    assert (error.status, error.retry_after) == (503, 2) and segmenter.segment.calls == 2
+
+
+def test_a_replica_dying_in_the_create_only_upload_is_not_run_again(tmp_path):
+    from pipeline.request import parse_fields
+
+    ingress, fetcher, _, _, uploader = _graph(tmp_path, finish=_Calls(ray.exceptions.ActorDiedError(), ({"result_url": "u"}, {})))
+    with pytest.raises(Exception) as failed:
+        asyncio.run(ingress._run("acme", parse_fields({"file": "x"}), "rid"))
+    assert to_cutout_error(failed.value, "rid").status == 503
+    assert uploader.finish.calls == 1 and fetcher.load.calls == 1
+
+
+def test_a_dead_rate_limiter_fails_open_to_the_same_limit_held_by_each_ingress_replica(tmp_path):
+    settings = load_settings({"data_dir": str(tmp_path), "rate_limit_burst_s": 10}, environ={})
+    limiter = FakeHandle(True)
+    limiter.acquire = _Method(ray.exceptions.ActorDiedError())
+    ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(4)], limiter)
+
+    async def go():
+        answers = []
+        for _ in range(8):  # 30 a minute with a 10 s burst: 5 at once, then refused
+            try:
+                await ingress._rate_limit("acme", 30)
+                answers.append(200)
+            except CutoutError as e:
+                answers.append((e.status, e.reason, e.retry_after >= 1))
+        return answers
+
+    answers = asyncio.run(go())
+    assert answers[:5] == [200] * 5 and set(answers[5:]) == {(429, "rate_limited", True)}
+    # a limiter that hangs (its replica restarting) is the same: no wait past LIMITER_TIMEOUT_S
+    limiter.acquire = _Method("hang")
+    ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(4)], limiter)
+    assert asyncio.run(go())[:5] == [200] * 5
