@@ -188,6 +188,10 @@ def running_cluster(
         if name == "Segmenter":
             deployment["ray_actor_options"] = gpu_segmenter_options()
         if name in TEST_AUTOSCALING:
+            # the ingress too autoscales on a cluster (as in the GPU profile), where one replica
+            # holds up to 64 requests, most of them queued as idle coroutines
+            deployment.pop("num_replicas", None)
+            deployment.setdefault("autoscaling_config", {"target_ongoing_requests": 64})
             deployment["autoscaling_config"].update(TEST_AUTOSCALING[name], **TEST_DELAYS)
             deployment["autoscaling_config"].update((autoscaling or {}).get(name, {}))
     if app["args"].get("segmenter_device", "cpu") != "cpu":
