@@ -181,6 +181,7 @@ def running_cluster(
         admission_max_wait_s=30,
         torch_threads=1,
         rate_limit_rpm=100_000,  # the limiter is consulted on every request, and refuses none
+        result_cache_s=0,  # every request runs the model: the load is the model's, not the cache's
         **(args or {}),
     )
     for deployment in app["deployments"]:
