@@ -244,10 +244,10 @@ def render(results: dict) -> str:
             "A replica of the fetcher, moderator or segmenter that dies is retried once inside the",
             "graph (docs/api.md), so the clients see 200s; a dead uploader's requests are answered",
             "503 with `Retry-After` (the upload is create-only and is not rerun); a dead rate limiter",
-            "falls back to per-ingress-replica limits. A `500` in the ingress row is Serve's HTTP",
-            "proxy answering for the requests that were in flight on the ingress replica it killed",
-            "(Serve maps a dead replica to a plain 500; the application never sees those requests):",
-            "the one gap left, for the requests in flight at that moment only.",
+            "falls back to per-ingress-replica limits. The requests in flight on a killed ingress",
+            "replica never reach the application again: Serve's proxy answers them 503 with",
+            "`Retry-After` (`deployments/proxy.py`; by itself Serve would answer a plain 500).",
+            "The seconds to whole include Serve noticing the death and starting the replacement.",
             "",
         ]
     if "batch" in results:

@@ -25,6 +25,10 @@ import yaml
 
 CLUSTER = Path(__file__).resolve().parent
 ROOT = CLUSTER.parent
+sys.path.insert(0, str(ROOT))  # `python cluster/render.py` from anywhere
+
+from deployments import proxy  # noqa: E402  (light: no Ray import)
+
 RENDERED = CLUSTER / "rendered"
 DATA_DIR = "/var/lib/cutout"
 SECRETS_DIR = "/etc/cutout"
@@ -63,6 +67,8 @@ def _env(values: dict[str, Any]) -> list[dict[str, Any]]:
         {"name": "RAY_AUTH_MODE", "value": "token"},
         {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "ray-auth-token"}}},
         {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"},
+        # a request lost with its ingress replica is answered 503 + Retry-After by Serve's proxy
+        {"name": proxy.ENV_VAR, "value": proxy.IMPORT_PATH},
     ]
 
 
