@@ -20,6 +20,9 @@ venv: $(STAMP)
 # (the port KubeRay pods use too), its GCS on $(RAY_PORT). Override either: make serve METRICS_PORT=9100
 METRICS_PORT ?= 8080
 RAY_PORT     ?= 6379
+# Ray's dashboard (http://127.0.0.1:8265) costs CPU the model needs on a small machine: off unless
+# asked for, `make serve DASHBOARD=1`. The metrics on $(METRICS_PORT) do not need it.
+DASHBOARD    ?= 0
 
 ## Start the service in the foreground on http://127.0.0.1:8000 (CPU, results under var/),
 ## with Prometheus metrics on http://127.0.0.1:$(METRICS_PORT)/metrics. Ctrl-C stops both.
@@ -34,10 +37,12 @@ serve: $(STAMP)
 	set -a; . ./serve.env; set +a; export PATH=$(CURDIR)/$(BIN):$$PATH; \
 	if [ "$$RAY_AUTH_MODE" = token ]; then ray get-auth-token --generate >/dev/null || exit 1; fi; \
 	ray start --head --block --port=$(RAY_PORT) \
+	  --include-dashboard=$(if $(filter 1,$(DASHBOARD)),true,false) \
 	  --metrics-export-port=$(METRICS_PORT) --disable-usage-stats & head=$$!; \
 	trap 'kill $$head 2>/dev/null; wait $$head' EXIT; trap 'exit 130' INT TERM; \
 	until python -c 'import socket; socket.create_connection(("127.0.0.1", $(RAY_PORT)), 1)' 2>/dev/null; do \
 	  kill -0 $$head 2>/dev/null || exit 1; sleep 1; done; \
+	echo "Serve's logs (one file per replica): $${RAY_TMPDIR:-/tmp}/ray/session_latest/logs/serve/"; \
 	serve run --address 127.0.0.1:$(RAY_PORT) serve_config.yaml
 
 ## Lint and check the formatting (ruff, configured in pyproject.toml), then run the whole test suite.

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
@@ -53,6 +54,14 @@ IDEMPOTENT_STAGES = ("fetch", "moderate", "segment")
 FAST_REFUSALS_PER_IMAGE = 4
 MIN_FAST_REFUSALS_PER_S = 5.0
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _actor_name() -> str | None:
+    """The Ray actor name of the replica this runs in; None outside one (unit tests)."""
+    try:
+        return ray.get_runtime_context().get_actor_name()
+    except Exception:
+        return None
 
 
 def error_response(error: CutoutError, request_id: str | None) -> JSONResponse:
@@ -106,6 +115,8 @@ class Ingress:
         # while the shared limiter is down or restarting: the same limits, held by this replica
         self.local_limits = TokenBuckets(burst_s=settings.rate_limit_burst_s)
         self.reporter = RequestReporter(settings.access_log_format)
+        # this replica's actor name: the uploader stores nothing for a request whose replica died
+        self.replica_name = _actor_name()
 
     async def __call__(self, request: Request) -> Response:
         """Route an HTTP request."""
@@ -386,7 +397,9 @@ class Ingress:
             org, req.sku, req.force_rmbg, req.preserve_alpha, request_id, req.output, fetched.cache_name, return_bytes
         )
         reached.append("upload")
-        return await self.uploader.finish.remote(fetched.image, segmentation, options, req.content_moderation)
+        return await self.uploader.finish.remote(
+            fetched.image, segmentation, options, req.content_moderation, caller=self.replica_name
+        )
 
     async def _result(self, request: Request) -> Response:
         name = request.url.path[len(RESULTS_ROUTE) :]

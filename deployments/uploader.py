@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+import ray
 from ray import serve
+from ray.serve._private.constants import SERVE_NAMESPACE
 from ray.serve.handle import DeploymentHandle
 
 from deployments.metrics import StorageMetrics
@@ -15,6 +17,18 @@ from pipeline.settings import Settings
 from pipeline.timing import Timings, timed
 
 logger = logging.getLogger("ray.serve")
+
+
+def actor_alive(name: str) -> bool:
+    """Whether the named Serve actor is alive (one lookup in Ray's GCS; its death shows within
+    milliseconds). When the lookup itself fails for another reason, it counts as alive."""
+    try:
+        ray.get_actor(name, namespace=SERVE_NAMESPACE)
+    except ValueError:  # no live actor by that name
+        return False
+    except Exception:
+        return True
+    return True
 
 
 @serve.deployment(name="Uploader")
@@ -44,9 +58,20 @@ class Uploader:
             await asyncio.sleep(period_s)
 
     async def finish(
-        self, loaded: LoadedImage, segmentation: Segmentation, options: CutoutOptions, moderate: bool
+        self,
+        loaded: LoadedImage,
+        segmentation: Segmentation,
+        options: CutoutOptions,
+        moderate: bool,
+        caller: str | None = None,
     ) -> tuple[dict, Timings]:
         """Compose the cutout, moderate it if asked, then store it.
+
+        Args:
+            caller: The Ray actor name of the ingress replica that asks. When it has died by the
+                time the result is ready (``kill -9``, its node lost), nothing is stored: its
+                client has been answered 503 and will send the request again; the object would be
+                one nobody is ever given the URL of.
 
         Returns:
             The 200 body, and every stage's milliseconds so far (for ``Server-Timing``).
@@ -59,6 +84,8 @@ class Uploader:
         if moderate:
             with timed(timings, "moderate_output"):
                 await self.moderator.check_output.remote(rgba)
+        if caller is not None and not await asyncio.to_thread(actor_alive, caller):
+            raise unavailable("The request's replica stopped.", internal=f"caller {caller} died before the upload")
         body, size = await asyncio.to_thread(self.finisher.store, loaded, rgba, crop, options, timings)
         self.metrics.record(size)
         return body, timings

@@ -87,6 +87,7 @@ class ClusterService:
     env: dict
     cluster: Any
     nodes: dict[str, Any] = field(default_factory=dict)
+    metrics_urls: dict[str, str] = field(default_factory=dict)  # node name -> its Prometheus endpoint
 
     def post(self, body: dict, token: str | None = "default", timeout: float = 120, **kw) -> requests.Response:
         headers = kw.pop("headers", {})
@@ -212,6 +213,8 @@ def running_cluster(
         # sees a load step within the test's short delays
         "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
         "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1",
+        # each node's metrics agent exports every second, not every ten (the metrics test)
+        "RAY_metrics_report_interval_ms": "1000",
         "PYTHONPATH": str(ROOT),
         **(env_extra or {}),
     }
@@ -224,17 +227,24 @@ def running_cluster(
 
     with _environ(ray_env):
         try:
+            # every node exports its own Prometheus metrics (as every KubeRay pod does on 8080)
+            metrics_ports = {name: free_port() for name in ("head", "cpu-1", "cpu-2", "gpu")}
             cluster = Cluster(
                 initialize_head=True,
-                head_node_args={"num_cpus": 0, "include_dashboard": False, **common},
+                head_node_args={
+                    "num_cpus": 0,
+                    "include_dashboard": False,
+                    "metrics_export_port": metrics_ports["head"],
+                    **common,
+                },
                 shutdown_at_exit=True,
             )
             nodes = {"head": cluster.head_node}
-            nodes["cpu-1"] = cluster.add_node(num_cpus=2, **common)
-            nodes["cpu-2"] = cluster.add_node(num_cpus=2, **common)
+            nodes["cpu-1"] = cluster.add_node(num_cpus=2, metrics_export_port=metrics_ports["cpu-1"], **common)
+            nodes["cpu-2"] = cluster.add_node(num_cpus=2, metrics_export_port=metrics_ports["cpu-2"], **common)
             # CPUs for two segmenters (2 each, as the GPU profile asks) and a few small replicas
             # that Ray may place beside them
-            nodes["gpu"] = cluster.add_node(num_cpus=6, num_gpus=2, **common)
+            nodes["gpu"] = cluster.add_node(num_cpus=6, num_gpus=2, metrics_export_port=metrics_ports["gpu"], **common)
             cluster.wait_for_nodes()
             ray.init(
                 address=cluster.address,
@@ -250,7 +260,8 @@ def running_cluster(
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-            svc = ClusterService(url, data_dir, cluster.address, token, env, cluster, nodes)
+            metrics_urls = {name: f"http://127.0.0.1:{p}/metrics" for name, p in metrics_ports.items()}
+            svc = ClusterService(url, data_dir, cluster.address, token, env, cluster, nodes, metrics_urls)
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline and proc.poll() is None and not svc.healthy():
                 time.sleep(1)

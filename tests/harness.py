@@ -109,6 +109,7 @@ def running_service(
     as_shipped: bool = False,
     deployments: dict[str, dict] | None = None,
     metrics: bool = False,
+    dashboard: bool = False,
 ) -> Iterator[Service]:
     """Start a Ray head and the application from a copy of serve_config.yaml; stop both after.
 
@@ -121,6 +122,7 @@ def running_service(
             for the segmenter).
         metrics: Export Prometheus metrics on a free port (``Service.metrics_url``), as
             ``make serve`` does on a fixed one; otherwise Ray picks a port nobody reads.
+        dashboard: Run Ray's dashboard too, on a free port (benchmarks/processes.py measures it).
     """
     data_dir = Path(tempfile.mkdtemp(prefix="cutout-it-"))
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
@@ -183,7 +185,7 @@ def running_service(
             "--block",
             f"--port={ray_port}",
             "--num-cpus=2",
-            "--include-dashboard=false",
+            *(["--include-dashboard=true", f"--dashboard-port={free_port()}"] if dashboard else ["--include-dashboard=false"]),
             f"--temp-dir={ray_tmp}",
             "--disable-usage-stats",
             *([f"--metrics-export-port={metrics_port}"] if metrics else []),

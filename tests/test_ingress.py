@@ -141,7 +141,7 @@ class _Calls:
         self.answers = list(answers)
         self.calls = 0
 
-    def remote(self, *args):
+    def remote(self, *args, **kwargs):
         self.calls += 1
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
 
