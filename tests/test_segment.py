@@ -164,3 +164,12 @@ def test_after_warm_up_the_cpu_engine_holds_its_memory_steady_under_every_layout
         engine.predict(batch[:2])
         engine.predict(batch)
     assert _rss_mb() - before < 40, "memory grew after warm-up"
+
+
+def test_openvino_runs_without_its_cache_where_the_cache_folder_cannot_be_made(tmp_path):
+    # a path under a plain file: no folder can be made there, whoever runs the test (root too)
+    blocked = tmp_path / "models"
+    blocked.write_text("not a folder")
+    segmenter = Segmenter("u2netp", "cpu", blocked, threads=1, engine="openvino")
+    out = segmenter.predict(np.zeros((1, 320, 320, 3), np.uint8))
+    assert out.shape == (1, 320, 320) and blocked.read_text() == "not a folder"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -33,7 +34,8 @@ class OpenVinoEngine:
 
     Args:
         spec: A registry record with an ``onnx`` file.
-        cache_dir: Folder for compiled models; None: no cache.
+        cache_dir: Folder for compiled models; None, or a folder that cannot be written: no
+            cache.
 
     Raises:
         ValueError: Naming the setting, when the record ships no ONNX file or the file's
@@ -49,8 +51,13 @@ class OpenVinoEngine:
         self.spec = spec
         self._core = ov.Core()
         if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            self._core.set_property({"CACHE_DIR": str(cache_dir)})
+            try:
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                writable = os.access(cache_dir, os.W_OK)
+            except OSError:
+                writable = False
+            if writable:  # a read-only data folder only costs the compile at start
+                self._core.set_property({"CACHE_DIR": str(cache_dir)})
         # read from the verified bytes, not the path again
         self._model = self._core.read_model(verified_packaged_file(spec.onnx).read_bytes())
         self._compiled: dict[int, ov.CompiledModel] = {}
