@@ -268,7 +268,7 @@ class Settings(BaseModel):
         ge=0,
         le=256,
         **_doc(
-            "CPU threads per segmenter replica (either engine): a lone image runs on all of them, waiting images side by side with a share each; 0 = one per CPU that Ray gives the replica (at least 1).",
+            "CPU threads per segmenter replica (every engine): a lone image runs on all of them, waiting images side by side with a share each; 0 = one per CPU that Ray gives the replica (at least 1).",
             "threads",
         ),
     )
