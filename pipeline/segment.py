@@ -75,7 +75,7 @@ class Segmenter:
         if self.engine == "openvino":
             from pipeline.engines.openvino_engine import OpenVinoEngine
 
-            self._runner = OpenVinoEngine(self.spec, Path(cache_dir) / "openvino")
+            self._runner = OpenVinoEngine(self.spec, Path(cache_dir) / "openvino", self.threads)
         elif self.engine == "onnxruntime":
             from pipeline.engines.onnx_engine import OnnxEngine
 

@@ -137,6 +137,20 @@ def test_openvino_gives_onnxruntimes_probabilities_on_real_photos(engines):
     assert np.array_equal(ov_out >= 0.5, onnx_out >= 0.5)
 
 
+def test_openvino_runs_images_side_by_side_at_once_not_in_turn(engines):
+    # A compiled model runs one request per stream at a time: two images side by side on one
+    # thread each need a model with two streams, or they take turns (half the images per
+    # second, measured: docs/benchmarks.md). A lone image gets one stream of both threads.
+    segmenter = engines["openvino"]
+    segmenter.predict(np.zeros((2, 320, 320, 3), np.uint8))
+    segmenter.predict(np.zeros((1, 320, 320, 3), np.uint8))
+    layouts = {
+        t: (int(c.get_property("NUM_STREAMS")), int(c.get_property("INFERENCE_NUM_THREADS")))
+        for t, c in segmenter._runner._compiled.items()
+    }
+    assert layouts == {2: (1, 2), 1: (2, 2)}
+
+
 def test_openvino_compiles_once_into_the_cache_and_starts_from_it(tmp_path):
     batch = np.random.default_rng(1).integers(0, 256, (1, 320, 320, 3), dtype=np.uint8)
     first = Segmenter("u2netp", "cpu", tmp_path, threads=1, engine="openvino")

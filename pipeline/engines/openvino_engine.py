@@ -18,24 +18,25 @@ PRECISION = "f32"
 
 
 class OpenVinoEngine:
-    """The record's ``onnx`` file in OpenVINO's CPU plugin, one compiled model per thread count
-    and one infer request per calling thread.
+    """The record's ``onnx`` file in OpenVINO's CPU plugin: one compiled model per thread count
+    that the segmenter's workers use, one infer request per calling thread.
 
-    Each compiled model runs one stream of ``threads`` threads under the latency hint, not
-    pinned to cores (the replica shares its cores with the other stages; pinning measured
-    slower). Several images at once run side by side on the segmenter's workers, each with
-    its own request, as with onnxruntime: measured against OpenVINO's own throughput mode
-    (two streams, asynchronous requests) it costs the same CPU per image
-    (docs/benchmarks.md).
+    A compiled model runs one request per stream at a time, so the model for ``t`` threads has
+    as many streams as workers can run with ``t`` threads at once (``threads // t``: a lone
+    image gets one stream of every thread, under the latency hint; two images side by side on
+    two threads share a model of two one-thread streams, under the throughput hint). With a
+    single stream the two side-by-side requests took turns: half the images per second
+    (docs/benchmarks.md). Threads are not pinned to cores (the replica shares its cores with
+    the other stages; pinning measured slower).
 
     Compiled models are cached in ``cache_dir`` (OpenVINO checks the model, its version and
-    the CPU before it uses a cached blob, and recompiles when one does not fit): a replica's
-    start compiles in 0.2 s instead of 1-4 s.
+    the CPU before it uses a cached blob, and recompiles when one does not fit).
 
     Args:
         spec: A registry record with an ``onnx`` file.
         cache_dir: Folder for compiled models; None, or a folder that cannot be written: no
             cache.
+        threads: The CPU threads of the segmenter in all (its workers' shares add up to it).
 
     Raises:
         ValueError: Naming the setting, when the record ships no ONNX file or the file's
@@ -45,10 +46,11 @@ class OpenVinoEngine:
     name = "openvino"
     device_type = "cpu"
 
-    def __init__(self, spec: ModelSpec, cache_dir: Path | None = None) -> None:
+    def __init__(self, spec: ModelSpec, cache_dir: Path | None = None, threads: int = 1) -> None:
         if spec.onnx is None:
             raise ValueError(f"CUTOUT_SEGMENTER_ENGINE: model {spec.name!r} ships no ONNX file for openvino")
         self.spec = spec
+        self.threads = max(1, threads)
         self._core = ov.Core()
         if cache_dir is not None:
             try:
@@ -69,14 +71,15 @@ class OpenVinoEngine:
         if threads not in requests:
             with self._lock:
                 if threads not in self._compiled:
+                    streams = max(1, self.threads // threads)
                     self._compiled[threads] = self._core.compile_model(
                         self._model,
                         "CPU",
                         {
                             "INFERENCE_PRECISION_HINT": PRECISION,
-                            "PERFORMANCE_HINT": "LATENCY",
-                            "NUM_STREAMS": 1,
-                            "INFERENCE_NUM_THREADS": threads,
+                            "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+                            "NUM_STREAMS": streams,
+                            "INFERENCE_NUM_THREADS": streams * threads,
                             "ENABLE_CPU_PINNING": False,
                         },
                     )
