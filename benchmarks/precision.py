@@ -85,6 +85,16 @@ def iou(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None) -> float:
     return float((a & b).sum() / union) if union else 1.0
 
 
+def float_weights(model) -> set[str]:  # noqa: ANN001 (openvino.Model)
+    """The convolutions whose weights stay float (quantized ones are int8 constants decompressed
+    by a Multiply)."""
+    return {
+        op.get_friendly_name().split("/")[0]
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "Convolution" and op.input_value(1).get_node().get_type_name() == "Constant"
+    }
+
+
 def main() -> int:
     import nncf
     import openvino as ov
@@ -158,6 +168,8 @@ def main() -> int:
             advanced_accuracy_restorer_parameters=nncf.AdvancedAccuracyRestorerParameters(max_num_iterations=args.iterations),
         )
         how = f"accuracy control ({args.max_drop} IoU on the calibration photos, at most {args.iterations} iterations)"
+        kept = sorted(float_weights(mixed) - float_weights(int8))
+        how += f" kept {', '.join(f'`{name}`' for name in kept) or 'nothing'} in float"
     control_s = time.perf_counter() - started
     variants["int8, sensitive layers in float"] = lambda: compile_(mixed)
     if args.save:
