@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: venv serve test test-cluster eval bench bench-load bench-cache image manifests lock clean
+.PHONY: venv serve test test-cluster eval bench bench-load bench-cache bench-engines image manifests lock clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,6 +68,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py $(if $(REMBG_PYTHON),--rembg-python $(REMBG_PYTHON)) --out docs/benchmarks.md
 	$(BIN)/python benchmarks/load.py --out docs/benchmarks.md
 	$(BIN)/python benchmarks/bench.py --cache-only --out docs/benchmarks.md
+	$(BIN)/python benchmarks/engines.py --out docs/benchmarks.md
+
+## Only the CPU engines of the shipped u2netp side by side (onnxruntime, OpenVINO), into their section.
+bench-engines: $(STAMP)
+	$(BIN)/python benchmarks/engines.py --out docs/benchmarks.md
 
 ## Only the result cache: the same 20 images twice (first pass, then cache hits), into its section.
 bench-cache: $(STAMP)

@@ -2,7 +2,8 @@
 
 Everything runs on this machine, in one run, on the GrabCut photos of ../shared/eval:
 
-- the model alone (the segmenter's forward, batch 1 and batch N): the ceiling;
+- the model alone (the segmenter's forward, batch 1 and batch N; the service's engine and the
+  other CPU engines beside it): the ceiling;
 - the same pipeline in one process without Ray (decode, model, compose, encode, store);
 - per-stage CPU time, wall time and memory against input size (1 to 50 megapixels);
 - the Serve application over HTTP, started from serve_config.yaml as shipped (default
@@ -122,18 +123,20 @@ def run_once(stages: Stages, raw: bytes) -> dict[str, tuple[float, float]]:
 
 
 def bench_model(stages: Stages, data: list[tuple[str, bytes]], batch_sizes: tuple[int, ...]) -> list[str]:
-    """The segmenter's forward alone: the configured engine, and PyTorch beside it when the
-    configured one is another (the same weights; which engine is faster decides the default)."""
+    """The segmenter's forward alone: the configured engine, and onnxruntime (rembg's runtime)
+    and PyTorch beside it when the configured one is another (the same weights; which engine is
+    faster decides the default; benchmarks/engines.py compares the CPU engines in detail)."""
     import numpy as np
 
     from pipeline.segment import Segmenter
 
     inputs = np.stack([stages.loader.decode(raw, "file", False).model_input for _, raw in data])
     segmenters = [stages.segmenter]
-    if stages.segmenter.engine != "torch":
-        segmenters.append(
-            Segmenter(stages.settings.segmenter_model, "cpu", stages.settings.model_cache_dir, THREADS, engine="torch")
-        )
+    for engine in ("onnxruntime", "torch"):
+        if stages.segmenter.engine != engine:
+            segmenters.append(
+                Segmenter(stages.settings.segmenter_model, "cpu", stages.settings.model_cache_dir, THREADS, engine=engine)
+            )
     rows = []
     for size in batch_sizes:
         for segmenter in segmenters:

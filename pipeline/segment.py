@@ -37,12 +37,13 @@ class Segmenter:
     Args:
         model: Registry name.
         device: ``cpu`` or ``cuda``.
-        cache_dir: Where weights are downloaded and converted.
+        cache_dir: Where weights are downloaded and converted, and OpenVINO's compiled models
+            are cached (its ``openvino`` folder).
         threads: CPU threads for inference (0 = every CPU of the machine).
         weights_uri: Weights overriding the model's default (path, gs:// or https://).
         weights_sha256: Their SHA-256.
         dtype: ``float32``, ``float16`` (CUDA) or ``bfloat16``.
-        engine: ``auto``, ``torch`` or ``onnxruntime`` (see :func:`~pipeline.engines.resolve_engine`).
+        engine: ``auto``, ``torch``, ``onnxruntime`` or ``openvino`` (see :func:`~pipeline.engines.resolve_engine`).
         input_size: The input side configured (0 = the model's own); decides ``auto``.
 
     Attributes:
@@ -71,7 +72,11 @@ class Segmenter:
         self.input_size = input_size or self.spec.input_size
         self.threads = threads if threads > 0 else (os.cpu_count() or 1)
         self._runner: Engine
-        if self.engine == "onnxruntime":
+        if self.engine == "openvino":
+            from pipeline.engines.openvino_engine import OpenVinoEngine
+
+            self._runner = OpenVinoEngine(self.spec, Path(cache_dir) / "openvino", self.threads)
+        elif self.engine == "onnxruntime":
             from pipeline.engines.onnx_engine import OnnxEngine
 
             self._runner = OnnxEngine(self.spec)

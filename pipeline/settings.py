@@ -209,11 +209,12 @@ class Settings(BaseModel):
     segmenter_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", **_doc("Inference precision; float16 only on `cuda`.", "dtype")
     )
-    segmenter_engine: Literal["auto", "torch", "onnxruntime"] = Field(
+    segmenter_engine: Literal["auto", "torch", "onnxruntime", "openvino"] = Field(
         "auto",
         **_doc(
-            "Inference engine: `torch`, or `onnxruntime` for the shipped `u2netp` in float32 on the CPU (the shipped ONNX file; "
-            "measured faster there, docs/benchmarks.md); `auto` = onnxruntime where it applies, torch elsewhere.",
+            "Inference engine: `torch`, or for the shipped `u2netp` in float32 on the CPU (the shipped ONNX file, rembg's) `openvino` "
+            "or `onnxruntime` (both measured faster than torch there; openvino 10-20% less CPU per image than onnxruntime on x86-64, "
+            "docs/benchmarks.md); `auto` = openvino where it applies on x86-64, onnxruntime where it applies on other CPUs, torch elsewhere.",
             "name",
         ),
     )
@@ -267,7 +268,7 @@ class Settings(BaseModel):
         ge=0,
         le=256,
         **_doc(
-            "CPU threads per segmenter replica (either engine): a lone image runs on all of them, waiting images side by side with a share each; 0 = one per CPU that Ray gives the replica (at least 1).",
+            "CPU threads per segmenter replica (every engine): a lone image runs on all of them, waiting images side by side with a share each; 0 = one per CPU that Ray gives the replica (at least 1).",
             "threads",
         ),
     )
