@@ -65,13 +65,14 @@ CONFIGS = (
     Config("bilinear", refine_edges="bilinear"),
     Config("guided", refine_edges="guided"),
     Config("guided+fg", refine_edges="guided", refine_foreground=True),
-    Config("auto (default)"),
+    Config("auto (default)"),  # quality=fast
     Config("auto, no cutoff", cutoff=0.0),
     Config("flip", flip=True),
     Config("crop pass", crop_pass=True),
     Config("matte", matte=True),
-    Config("flip+matte", flip=True, matte=True),
+    Config("best (flip+matte)", flip=True, matte=True),  # quality=best
     Config("crop pass+matte", crop_pass=True, matte=True),
+    Config("flip+crop pass", flip=True, crop_pass=True),
     Config("flip+crop pass+matte", flip=True, crop_pass=True, matte=True),
 )
 
