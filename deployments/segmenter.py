@@ -29,7 +29,8 @@ class Segmenter:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter")
         self._infer.set_max_batch_size(settings.segmenter_batch_size)
         self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)
-        self.model.warm_up(settings.segmenter_batch_size)
+        # the widest forward: a full batch of `best` requests, each with its mirror
+        self.model.warm_up(2 * settings.segmenter_batch_size)
         self.metrics = SegmenterMetrics()
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
