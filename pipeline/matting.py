@@ -28,13 +28,13 @@ from pipeline import imageio
 
 MATTE_BAND = (0.05, 0.95)  # alpha values between these (and near them) are solved for
 MATTE_WORK_SIDE = 160  # long side of the band's box the matte is solved at (pixels)
-MATTE_GROW = 0.75  # the unknown band is grown by this many model-mask pixels (in image pixels)
+MATTE_GROW = 1.5  # the unknown band is grown by this many model-mask pixels (in image pixels)
 MATTE_MIN_GROW = 2  # ... and at least this many image pixels
 MATTE_EPSILON = 1e-5  # regularisation of the matting Laplacian (pymatting's default is 1e-7)
 MATTE_MAX_ITERATIONS = 2000  # conjugate gradient iterations at most
 MATTE_TOLERANCE = 1e-4  # conjugate gradient stops at this residual, relative to the right-hand side
 MATTE_DISCARD = 1e-4  # the preconditioner's factor drops entries below this
-MATTE_MIX = 0.5  # the band's alpha is this much the matte's, the rest the mask's
+MATTE_MIX = 0.3  # the band's alpha is this much the matte's, the rest the mask's
 CROP_MARGIN = 0.25  # the crop pass's box is the product's grown by this fraction of its side
 CROP_MIN_GAIN = 1.2  # the crop pass runs only when it shows the product at least this much larger
 
