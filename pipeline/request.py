@@ -208,7 +208,7 @@ class CutoutRequest(BaseModel):
         None,
         description=(
             "Edge quality: `fast`, or `best` (the model also runs on the mirrored image, and closed-form matting "
-            "re-estimates the alpha along the product's edge: about 1.6x the CPU per image of `fast`, docs/quality.md). "
+            "re-estimates the alpha along the product's edge: just under 2x the CPU of `fast` for the mask and alpha, docs/quality.md). "
             "Absent: the service's `CUTOUT_DEFAULT_QUALITY` (`fast` as shipped)."
         ),
         examples=["best"],

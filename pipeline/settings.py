@@ -258,7 +258,7 @@ class Settings(BaseModel):
     default_quality: Literal["fast", "best"] = Field(
         "fast",
         **_doc(
-            "Edge quality of requests that do not say (their `quality` field): `fast`, one model pass; or `best`, the model also on the mirrored image (averaged) and closed-form matting along the product's edge, about 1.6x the CPU per image (docs/quality.md).",
+            "Edge quality of requests that do not say (their `quality` field): `fast`, one model pass; or `best`, the model also on the mirrored image (averaged) and closed-form matting along the product's edge, just under 2x the CPU of `fast` for the mask and alpha (docs/quality.md).",
             "mode",
         ),
     )
