@@ -32,7 +32,8 @@ RUN --mount=type=bind,from=build,source=/home/ray/dist,target=/tmp/dist \
     --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
     pip install --no-cache-dir --index-url "${TORCH_INDEX}" --constraint /tmp/requirements.lock torch torchvision \
  && pip install --no-cache-dir --constraint /tmp/requirements.lock /tmp/dist/*.whl \
- && python -c "from pipeline.models.registry import get_spec; from pipeline.models.weights import verified_packaged_file; verified_packaged_file(get_spec('u2netp').onnx); import nudenet, pathlib; assert (pathlib.Path(nudenet.__file__).parent / '320n.onnx').is_file()"
+ && python -c "from pipeline.models.registry import get_spec; from pipeline.models.weights import verified_packaged_file; verified_packaged_file(get_spec('u2netp').onnx); import nudenet, pathlib; assert (pathlib.Path(nudenet.__file__).parent / '320n.onnx').is_file()" \
+ && python -c "import pymatting"  # numba compiles its kernels once, here, not when a replica starts
 ENV CUTOUT_DATA_DIR=/var/lib/cutout \
     RAY_USAGE_STATS_ENABLED=0 \
     PYTHONDONTWRITEBYTECODE=1
@@ -52,7 +53,8 @@ RUN --mount=type=bind,from=build,source=/home/ray/dist,target=/tmp/dist \
     --mount=type=bind,source=requirements.lock,target=/tmp/requirements.lock \
     pip install --no-cache-dir --index-url "${TORCH_INDEX}" --constraint /tmp/requirements.lock torch torchvision \
  && pip install --no-cache-dir --constraint /tmp/requirements.lock /tmp/dist/*.whl \
- && python -c "from pipeline.models.registry import get_spec; from pipeline.models.weights import verified_packaged_file; verified_packaged_file(get_spec('u2netp').onnx); import nudenet, pathlib; assert (pathlib.Path(nudenet.__file__).parent / '320n.onnx').is_file()"
+ && python -c "from pipeline.models.registry import get_spec; from pipeline.models.weights import verified_packaged_file; verified_packaged_file(get_spec('u2netp').onnx); import nudenet, pathlib; assert (pathlib.Path(nudenet.__file__).parent / '320n.onnx').is_file()" \
+ && python -c "import pymatting"  # numba compiles its kernels once, here, not when a replica starts
 ENV CUTOUT_DATA_DIR=/var/lib/cutout \
     RAY_USAGE_STATS_ENABLED=0 \
     PYTHONDONTWRITEBYTECODE=1

@@ -9,13 +9,16 @@ finds the model and downloads nothing:
 
 Outputs are uncropped RGBA PNGs named like the sample ids (`/` replaced by `__`). With
 `--images FILE...` it cuts out those files instead, each saved as `<stem>.png`
-(benchmarks/pictures.py uses this).
+(benchmarks/pictures.py uses this). On the evaluation samples it prints the CPU time its
+`remove` calls took per image (process time: every thread of the process, not wall time), for
+docs/quality.md's cost column.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,9 +42,14 @@ def main() -> int:
             cut = remove(Image.open(path).convert("RGB"), session=session, alpha_matting=args.alpha_matting)
             cut.convert("RGBA").save(args.out / (path.stem + ".png"))
         return 0
+    cpu: dict[str, list[float]] = {}
     for sample in samples(default_eval_dir()):
+        started = time.process_time()
         cut = remove(Image.fromarray(sample.rgb), session=session, alpha_matting=args.alpha_matting)
+        cpu.setdefault(sample.id.split("/")[0], []).append(time.process_time() - started)
         cut.convert("RGBA").save(args.out / (sample.id.replace("/", "__") + ".png"))
+    for subset, seconds in cpu.items():
+        print(f"{subset}: {len(seconds)} images, {sum(seconds) / len(seconds):.3f} CPU-s/image")
     return 0
 
 

@@ -175,12 +175,14 @@ class Ingress:
         force_rmbg: bool = False,
         preserve_alpha: bool = False,
         content_moderation: bool = False,
+        quality: str | None = None,
         **output: Any,
     ) -> dict[str, Any]:
         """In-cluster entry point: the JSON body's fields plus the organization.
 
-        ``output`` takes the output options of docs/api.md (``crop_margin``, ``canvas``,
-        ``bg_color``, ``format``, ``channels``, ``max_size``).
+        ``quality`` is ``fast`` or ``best`` (None: ``CUTOUT_DEFAULT_QUALITY``). ``output``
+        takes the output options of docs/api.md (``crop_margin``, ``canvas``, ``bg_color``,
+        ``format``, ``channels``, ``max_size``).
 
         Returns:
             The same body as a 200 of ``POST /product/cutout``.
@@ -200,6 +202,7 @@ class Ingress:
             "force_rmbg": force_rmbg,
             "preserve_alpha": preserve_alpha,
             "content_moderation": content_moderation,
+            "quality": quality,
             **output,
         }
         parsed = None
@@ -383,7 +386,8 @@ class Ingress:
         # being called, for the retry above.
         reached = [] if reached is None else reached
         reached.append("fetch")
-        cached = CacheRequest(org, req.force_rmbg, req.preserve_alpha, req.content_moderation, req.output)
+        quality = req.quality or self.settings.default_quality
+        cached = CacheRequest(org, req.force_rmbg, req.preserve_alpha, req.content_moderation, req.output, quality)
         fetched = await self.fetcher.load.remote(req.image_url, req.file, req.force_rmbg, cached, return_bytes)
         if fetched.cached is not None:
             body = hit_body(fetched.cached, req.sku, fetched.cached_bytes, return_bytes or not req.output.is_default)
@@ -392,9 +396,9 @@ class Ingress:
             reached.append("moderate")
             await self.moderator.check_input.remote(fetched.image)
         reached.append("segment")
-        segmentation = await self.segmenter.segment.remote(fetched.model_input)
+        segmentation = await self.segmenter.segment.remote(fetched.model_input, quality)
         options = CutoutOptions(
-            org, req.sku, req.force_rmbg, req.preserve_alpha, request_id, req.output, fetched.cache_name, return_bytes
+            org, req.sku, req.force_rmbg, req.preserve_alpha, request_id, req.output, fetched.cache_name, return_bytes, quality
         )
         reached.append("upload")
         return await self.uploader.finish.remote(

@@ -29,30 +29,34 @@ class Segmenter:
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter")
         self._infer.set_max_batch_size(settings.segmenter_batch_size)
         self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)
-        self.model.warm_up(settings.segmenter_batch_size)
+        # the widest forward: a full batch of `best` requests, each with its mirror
+        self.model.warm_up(2 * settings.segmenter_batch_size)
         self.metrics = SegmenterMetrics()
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
-    async def _infer(self, inputs: list[tuple[np.ndarray, float]]) -> list[Segmentation]:
+    async def _infer(self, inputs: list[tuple[np.ndarray, float, bool]]) -> list[Segmentation]:
         started = time.perf_counter()
-        self.metrics.record(1000.0 * (started - arrived) for _, arrived in inputs)
-        batch = np.stack([x for x, _ in inputs])
-        probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.predict, batch)
+        self.metrics.record(1000.0 * (started - arrived) for _, arrived, _ in inputs)
+        batch = np.stack([x for x, _, _ in inputs])
+        # `best` requests also run mirrored, in the same forward as the batch's `fast` ones
+        flip = np.array([f for _, _, f in inputs], dtype=bool)
+        probabilities = await asyncio.get_running_loop().run_in_executor(self._executor, self.model.predict, batch, flip)
         forward_ms = 1000.0 * (time.perf_counter() - started)
         return [
             Segmentation(p, {"segment_queue": 1000.0 * (started - arrived), "segment": forward_ms})
-            for p, (_, arrived) in zip(probabilities, inputs)
+            for p, (_, arrived, _) in zip(probabilities, inputs)
         ]
 
-    async def segment(self, model_input: np.ndarray | None) -> Segmentation:
+    async def segment(self, model_input: np.ndarray | None, quality: str = "fast") -> Segmentation:
         """The low-resolution probability map (None when the output alpha needs no model).
 
         Args:
             model_input: (S, S, 3) uint8 at the model's input size; never the full image.
+            quality: ``best`` also runs the model on the mirrored input and averages the two.
         """
         if model_input is None:
             return Segmentation(None)
-        return await self._infer((model_input, time.perf_counter()))
+        return await self._infer((model_input, time.perf_counter(), quality == "best"))
 
     async def ready(self) -> bool:
         """Used by ``/healthz``."""

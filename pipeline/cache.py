@@ -81,6 +81,7 @@ class CacheRequest:
         preserve_alpha: As in the request.
         content_moderation: As in the request (a moderated result only serves moderated requests).
         output: The output options.
+        quality: ``fast`` or ``best`` (the request's, or the service's default).
     """
 
     org: str
@@ -88,6 +89,7 @@ class CacheRequest:
     preserve_alpha: bool
     content_moderation: bool
     output: OutputOptions = dataclasses.field(default_factory=OutputOptions)
+    quality: str = "fast"
 
 
 def cache_key(digest: str, request: CacheRequest, fingerprint: dict[str, Any], window: int) -> str:

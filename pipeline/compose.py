@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pipeline import refine
+from pipeline import matting, refine
 from pipeline.errors import no_product_found
 from pipeline.imageio import DecodedImage, composite_over_white
 
@@ -101,7 +101,9 @@ def upsample_mask(mask: np.ndarray, width: int, height: int, cutoff: float) -> n
     return _alpha_from_window(refine.resize_mask_window(mask, width, height, rows, cols), rows, cols, width, height, cutoff)
 
 
-def full_alpha(mask: np.ndarray, image: DecodedImage, mode: str, cutoff: float, model_size: int) -> np.ndarray:
+def full_alpha(
+    mask: np.ndarray, image: DecodedImage, mode: str, cutoff: float, model_size: int, matte: bool = False
+) -> np.ndarray:
     """The model's [0, 1] mask as full-resolution uint8 alpha.
 
     Only the window around the product is computed (crop before full-resolution work); the
@@ -114,17 +116,32 @@ def full_alpha(mask: np.ndarray, image: DecodedImage, mode: str, cutoff: float, 
             least three times ``model_size``: below that the guided filter measured no gain).
         cutoff: See :func:`quantise`.
         model_size: The model's input side.
+        matte: Re-estimate the uncertain band by closed-form matting
+            (:func:`pipeline.matting.matte_band`), the ``best`` quality.
     """
     if mode == "auto":
         mode = "guided" if max(image.width, image.height) >= AUTO_GUIDED_FACTOR * model_size else "bilinear"
     width, height = image.width, image.height
-    if mode != "guided":
-        return upsample_mask(mask, width, height, cutoff)
-    # band pixels (above EDGE_BAND[0]) may be raised by the filter; the band grows by EDGE_GROW
     scale = min(width / mask.shape[1], height / mask.shape[0])
-    margin = 2 + math.ceil(refine.EDGE_GROW / max(scale, 1e-6))
-    rows, cols = product_window(mask, width, height, min(refine.EDGE_BAND[0], cutoff), margin)
-    window = refine.refine_edges(mask, segmentation_source(image), rows=rows, cols=cols)
+    # band pixels (above the lowest band edge) may be raised by the filter or the matte
+    low = min(refine.EDGE_BAND[0], cutoff) if mode == "guided" else cutoff
+    grow = 0
+    if mode == "guided":
+        grow = refine.EDGE_GROW
+    if matte:
+        low = min(low, matting.MATTE_BAND[0])
+        grow += matting.matte_grow(max(width / mask.shape[1], height / mask.shape[0]))
+    if mode != "guided" and not matte:
+        return upsample_mask(mask, width, height, cutoff)
+    margin = 2 + math.ceil(grow / max(scale, 1e-6))
+    rows, cols = product_window(mask, width, height, low, margin)
+    source = segmentation_source(image)
+    if mode == "guided":
+        window = refine.refine_edges(mask, source, rows=rows, cols=cols)
+    else:
+        window = refine.resize_mask_window(mask, width, height, rows, cols)
+    if matte and window.size:
+        window = matting.matte_band(window, source[rows, cols], max(width / mask.shape[1], height / mask.shape[0]))
     return _alpha_from_window(window, rows, cols, width, height, cutoff)
 
 

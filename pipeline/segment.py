@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.engines import Engine, resolve_engine
+from pipeline.matting import flip_batch, merge_flips
 from pipeline.models.registry import get_spec
 
 if TYPE_CHECKING:
@@ -103,15 +104,23 @@ class Segmenter:
         for n in sorted({1, widest}) * 2:
             self.predict(np.zeros((n, side, side, 3), np.uint8))
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray, flip: np.ndarray | None = None) -> np.ndarray:
         """Foreground probabilities for a batch.
 
         Args:
             batch: (N, S, S, 3) uint8 RGB at the model's input size.
+            flip: (N,) bool: the rows that also run mirrored, their two maps averaged (flip
+                test-time augmentation, the ``best`` quality); None: none. The mirrored rows
+                join the same batch, so a batch mixing both qualities is still one forward.
 
         Returns:
             (N, S, S) float32 probabilities in [0, 1].
         """
+        if flip is not None and flip.any():
+            return merge_flips(self._forward(flip_batch(batch, flip)), flip)
+        return self._forward(batch)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
         if self._workers is None:
             return self._runner.run(batch, 0)
         parts = [

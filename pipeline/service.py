@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import compose, imageio, output, refine
+from pipeline import compose, imageio, matting, output, refine
 from pipeline.cache import HIT, MISS, CacheRequest, ResultCache, hit_body
 from pipeline.errors import moderation_failed
 from pipeline.fetch import Fetcher, FetchLimits, Resolver
@@ -184,6 +184,7 @@ class CutoutOptions:
     output: OutputOptions = field(default_factory=OutputOptions)
     cache_name: str | None = None
     return_bytes: bool = False
+    quality: str = "fast"
 
     @property
     def with_placement(self) -> bool:
@@ -202,6 +203,8 @@ class Finisher:
         self.settings = settings
         self.storage = open_storage(settings)
         self.cache = ResultCache(self.storage, settings)
+        # pymatting's kernels (the `best` quality) are compiled or loaded now, not on a request
+        matting.warm_up()
 
     def compose(
         self, loaded: LoadedImage, probability: np.ndarray | None, options: CutoutOptions
@@ -217,7 +220,9 @@ class Finisher:
         if probability is not None:
             mask = compose.normalize_probability(probability, s.segmenter_min_confidence)
             if mask is not None:
-                model_alpha = compose.full_alpha(mask, image, s.refine_edges, s.segmenter_alpha_cutoff, s.model_input_size)
+                model_alpha = compose.full_alpha(
+                    mask, image, s.refine_edges, s.segmenter_alpha_cutoff, s.model_input_size, matte=options.quality == "best"
+                )
         alpha = compose.output_alpha(image, model_alpha, options.force_rmbg, options.preserve_alpha)
         estimate = refine.estimate_foreground if s.refine_foreground and model_alpha is not None else None
         return compose.cutout(image, alpha, estimate)

@@ -256,6 +256,13 @@ class Settings(BaseModel):
             "mode",
         ),
     )
+    default_quality: Literal["fast", "best"] = Field(
+        "fast",
+        **_doc(
+            "Edge quality of requests that do not say (their `quality` field): `fast`, one model pass; or `best`, the model also on the mirrored image (averaged) and closed-form matting along the product's edge, just under 2x the CPU of `fast` for the mask and alpha (docs/quality.md).",
+            "mode",
+        ),
+    )
     refine_foreground: bool = Field(
         False,
         **_doc(

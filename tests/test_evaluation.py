@@ -33,7 +33,10 @@ class RecordingSegmenter:
         self.input_size = self.args["input_size"] or self.spec.input_size
         self.batches: list[tuple[int, ...]] = []
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def warm_up(self, batch_size: int) -> None:
+        pass
+
+    def predict(self, batch: np.ndarray, flip: np.ndarray | None = None) -> np.ndarray:
         self.batches.append(batch.shape)
         n, side = batch.shape[0], batch.shape[1]
         prob = np.zeros((n, side, side), np.float32)

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--predictions", action="append", default=[], metavar="NAME=DIR", help="score another tool's RGBA outputs"
     )
+    parser.add_argument(
+        "--configs", default="", metavar="NAME,...", help="only these configurations (default: all of evaluate.CONFIGS)"
+    )
     parser.add_argument("--limit", type=int, default=0, help="at most this many images per set (0: all)")
     parser.add_argument(
         "--pictures", type=Path, default=None, help="write side-by-side pictures (input | ours | predictions) here"
@@ -56,9 +59,24 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     predictions = dict(p.split("=", 1) for p in args.predictions)
     if args.pictures:
         _pictures(args, root, segmenter, evaluate.Config.from_settings("default", settings), predictions)
+    configs = evaluate.CONFIGS
+    if args.configs:
+        wanted = [name.strip() for name in args.configs.split(",") if name.strip()]
+        known = {c.name: c for c in evaluate.CONFIGS}
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            print(f"cutout: unknown configuration {unknown[0]!r}; known: {', '.join(known)}", file=sys.stderr)
+            return 2
+        configs = tuple(known[name] for name in wanted)
+    segmenter.warm_up(2)  # sessions and thread teams at their steady state (flip runs pairs)
+    if any(c.matte for c in configs):
+        from pipeline import matting
+
+        matting.warm_up()  # pymatting's kernels compiled or loaded before the clock runs
     results = evaluate.evaluate(
         segmenter,
         samples,
+        configs,
         predictions={k: Path(v) for k, v in predictions.items()},
         progress=lambda sid: print(f"  {sid}", file=sys.stderr),
     )
