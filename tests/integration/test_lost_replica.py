@@ -82,6 +82,25 @@ def _stored(service) -> set[str]:
     return {str(p) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
 
 
+class _NewResults:
+    """Every result file that appears after it starts, seen by polling (the test service deletes
+    results a few seconds after their URLs expire, so a final listing could miss one)."""
+
+    def __init__(self, service) -> None:
+        self.service, self.before, self.seen = service, _stored(service), set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.25):
+            self.seen |= _stored(self.service) - self.before
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _healthy(url: str) -> bool:
     try:
         return requests.get(url + "/healthz", timeout=5).status_code == 200
@@ -94,7 +113,7 @@ def test_requests_in_flight_on_a_killed_ingress_replica_get_503_with_retry_after
     ports = {direct_port, direct_port + 1}  # the two ingress replicas' own HTTP servers
     victims = _listeners(ports)
     assert len(victims) == 2, f"expected two ingress replicas listening on {sorted(ports)}, found pids {victims}"
-    before = _stored(service)
+    watch = _NewResults(service)
     held = _HeldImageServer()
     try:
         with ThreadPoolExecutor(IN_FLIGHT) as pool:
@@ -130,8 +149,10 @@ def test_requests_in_flight_on_a_killed_ingress_replica_get_503_with_retry_after
             time.sleep(1)
         assert _healthy(service.url) and _healthy(service.proxy_url), f"not healthy again within {RECOVERY_S} s"
         assert len(_listeners(ports)) == 2, "both ingress replicas were not replaced"
-        assert _stored(service) == before
+        time.sleep(3)  # the released fetches have long reached the uploader by now
+        assert not watch.seen, f"results stored for requests lost with their replica: {sorted(watch.seen)}"
     finally:
+        watch.stop()
         held.close()
 
 
