@@ -264,6 +264,42 @@ def needed_permission(method: str, path: str) -> str:
     return f"unmodelled request {method} {path}"
 
 
+class _EmulatorProxy(BaseHTTPRequestHandler):
+    """A loopback proxy in front of the emulator that a subclass lets add what Cloud Storage does."""
+
+    emulator: Emulator
+
+    def log_message(self, *args):
+        pass
+
+    def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers:
+            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _refuse(self, status: int, message: str) -> None:
+        error = {"error": {"code": status, "message": message}}
+        self._reply(status, [("Content-Type", "application/json")], json.dumps(error).encode())
+
+    def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.emulator.port, timeout=10)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+        conn.request(self.command, self.path, body=body or None, headers=headers)
+        response = conn.getresponse()
+        status, headers, content = response.status, response.getheaders(), response.read()
+        conn.close()
+        return status, headers, content
+
+    def _handle(self) -> None:
+        self._reply(*self._forward(self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
 @contextlib.contextmanager
 def bucket_with_roles(emulator: Emulator, roles: set[str]):
     """A proxy in front of the emulator that allows only what ``roles`` allow, as GCS IAM would.
@@ -275,19 +311,7 @@ def bucket_with_roles(emulator: Emulator, roles: set[str]):
     granted = set().union(*(ROLE_PERMISSIONS[r] for r in roles))
     refused = []
 
-    class Proxy(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _reply(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
-            self.send_response(status)
-            for k, v in headers:
-                if k.lower() not in ("content-length", "transfer-encoding", "connection"):
-                    self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Proxy(_EmulatorProxy):
         def _handle(self) -> None:
             path, _, query = self.path.partition("?")
             permission = needed_permission(self.command, path)
@@ -295,15 +319,9 @@ def bucket_with_roles(emulator: Emulator, roles: set[str]):
             if permission and permission not in granted:
                 if permission != "storage.buckets.get":
                     refused.append(f"{self.command} {path} ({permission})")
-                error = {"error": {"code": 403, "message": f"caller does not have {permission} access"}}
-                self._reply(403, [("Content-Type", "application/json")], json.dumps(error).encode())
+                self._refuse(403, f"caller does not have {permission} access")
                 return
-            conn = http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=10)
-            headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-            conn.request(self.command, self.path, body=body or None, headers=headers)
-            response = conn.getresponse()
-            status, headers, content = response.status, response.getheaders(), response.read()
-            conn.close()
+            status, headers, content = self._forward(body)
             if path.endswith("/iam/testPermissions") and status == 200:
                 asked = parse_qs(query).get("permissions", [])
                 content = json.dumps({"permissions": [p for p in asked if p in granted]}).encode()
@@ -311,8 +329,43 @@ def bucket_with_roles(emulator: Emulator, roles: set[str]):
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
+    Proxy.emulator = emulator
     with serve_http(Proxy) as url:
         yield SimpleNamespace(url=url, refused=refused)
+
+
+@contextlib.contextmanager
+def bucket_with_preconditions(emulator: Emulator):
+    """A proxy in front of the emulator that honours ``ifGenerationMatch=0`` on uploads as Cloud
+    Storage does (412 when the object exists; gcp-storage-emulator ignores the parameter).
+
+    Yields a namespace with ``url`` (for STORAGE_EMULATOR_HOST) and ``uploads``: the
+    ifGenerationMatch value of each upload (None when absent).
+    """
+    uploads: list[str | None] = []
+    one_at_a_time = threading.Lock()  # the existence check and the create are one step, as in GCS
+
+    class Proxy(_EmulatorProxy):
+        def _handle(self) -> None:
+            path, _, query = self.path.partition("?")
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if not (self.command == "POST" and path.startswith("/upload/")):
+                self._reply(*self._forward(body))
+                return
+            match = parse_qs(query).get("ifGenerationMatch", [None])[0]
+            name = re.search(rb'"name":\s*"([^"]+)"', body).group(1).decode()
+            with one_at_a_time:
+                uploads.append(match)
+                if match == "0" and emulator.client().bucket(emulator.bucket).get_blob(name) is not None:
+                    self._refuse(412, "At least one of the pre-conditions you specified did not hold.")
+                    return
+                self._reply(*self._forward(body))
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    Proxy.emulator = emulator
+    with serve_http(Proxy) as url:
+        yield SimpleNamespace(url=url, uploads=uploads)
 
 
 def test_startup_check_needs_only_the_roles_setup_sh_grants(gcs_emulator, key_file, monkeypatch):
@@ -494,14 +547,23 @@ def test_put_named_creates_once_and_find_reads_it_back(backend):
     assert backend.get(backend.storage.signed_url(stored)) == PNG
 
 
-def test_concurrent_put_named_leaves_one_whole_object(backend):
+def test_concurrent_put_named_leaves_one_whole_object(backend, monkeypatch):
+    """Six replicas storing the same cached result at once leave one object, written whole. On GCS
+    the create carries ifGenerationMatch=0; a proxy enforces it as Cloud Storage does (the
+    emulator alone ignores it)."""
     import concurrent.futures
 
-    if backend.name == "gcs":
-        pytest.skip("gcp-storage-emulator ignores ifGenerationMatch; Cloud Storage itself refuses the second create (412)")
     name = "acme/cache/" + "cd" * 32 + ".png"
     payloads = [bytes([i]) * 50_000 for i in range(6)]
-    with concurrent.futures.ThreadPoolExecutor(6) as pool:
-        created = list(pool.map(lambda p: backend.storage.put_named(name, p, {"answer": "{}"}), payloads))
-    assert created.count(True) == 1
-    assert backend.storage.read(backend.storage.stored_name(name)) == payloads[created.index(True)]
+    with contextlib.ExitStack() as stack:
+        storage = backend.storage
+        if backend.name == "gcs":
+            bucket = stack.enter_context(bucket_with_preconditions(backend.emulator))
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", bucket.url)
+            storage = GCSStorage(f"gs://{backend.emulator.bucket}/results", TTL, timeout_s=3, deadline_s=5)
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            created = list(pool.map(lambda p: storage.put_named(name, p, {"answer": "{}"}), payloads))
+        if backend.name == "gcs":
+            assert bucket.uploads and set(bucket.uploads) == {"0"}, bucket.uploads
+        assert created.count(True) == 1
+        assert storage.read(storage.stored_name(name)) == payloads[created.index(True)]
