@@ -54,7 +54,7 @@ test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m "not cluster"
 
 ## Only the tests on a multi-node Ray cluster on this machine (a CPU-less head, two CPU nodes, a node
-## with logical GPUs): placement, autoscaling, faults, the batch job. `make test` runs them too.
+## with logical GPUs): placement, autoscaling, faults, the batch job.
 test-cluster: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m cluster
 
