@@ -24,6 +24,7 @@ driver to read Serve's state. Serve's HTTP port listens on loopback only.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -88,6 +89,13 @@ class ClusterService:
     cluster: Any
     nodes: dict[str, Any] = field(default_factory=dict)
     metrics_urls: dict[str, str] = field(default_factory=dict)  # node name -> its Prometheus endpoint
+    ray_tmp: Path | None = None  # Ray's temp folder, shared by the nodes (their sessions' logs)
+
+    def access_records(self) -> list[dict]:
+        """Every line of every replica's JSON access log (``CUTOUT_ACCESS_LOG_FORMAT=json``), all nodes."""
+        sessions = [d for d in self.ray_tmp.glob("session_*") if not d.is_symlink()] if self.ray_tmp else []  # not session_latest
+        files = sorted(f for d in sessions for f in d.glob("logs/serve/access_*.jsonl"))
+        return [json.loads(line) for path in files for line in path.read_text().splitlines() if line.strip()]
 
     def post(self, body: dict, token: str | None = "default", timeout: float = 120, **kw) -> requests.Response:
         headers = kw.pop("headers", {})
@@ -261,7 +269,7 @@ def running_cluster(
                 start_new_session=True,
             )
             metrics_urls = {name: f"http://127.0.0.1:{p}/metrics" for name, p in metrics_ports.items()}
-            svc = ClusterService(url, data_dir, cluster.address, token, env, cluster, nodes, metrics_urls)
+            svc = ClusterService(url, data_dir, cluster.address, token, env, cluster, nodes, metrics_urls, ray_tmp)
             deadline = time.monotonic() + START_TIMEOUT_S
             while time.monotonic() < deadline and proc.poll() is None and not svc.healthy():
                 time.sleep(1)

@@ -39,7 +39,7 @@ SCALE_BOUND_S = 240  # how long the autoscaler may take before the test gives up
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[ClusterService]:
-    with running_cluster() as svc:
+    with running_cluster(env_extra={"CUTOUT_ACCESS_LOG_FORMAT": "json"}) as svc:
         yield svc
 
 
@@ -109,6 +109,22 @@ def test_each_node_exports_the_metrics_of_its_replicas_and_the_dashboard_finds_t
     served = {name: total(s, "ray_cutout_requests_total", route="/product/cutout", status="200") for name, s in by_node.items()}
     assert sum(served.values()) >= 3 and {name for name, n in served.items() if n > 0} <= placed["Ingress"], served
     assert by_node["head"].get("ray_cutout_requests_total") is None  # the head runs no replica
+
+
+def test_the_ingress_replicas_write_one_json_access_line_per_request_without_the_token(cluster, photo_url):
+    answers = [cluster.post({"image_url": photo_url, "sku": f"logged-{i}"}) for i in range(3)]
+    answers.append(cluster.post({"image_url": photo_url, "sku": "logged-x"}, token="ct_not-a-token-of-this-cluster"))
+    ids = {r.headers["X-Request-Id"]: r.status_code for r in answers}
+    deadline = time.monotonic() + 30  # each line is written as its request ends, on the replica's node
+    while not set(ids) <= {x["request_id"] for x in cluster.access_records()} and time.monotonic() < deadline:
+        time.sleep(1)
+    records = [x for x in cluster.access_records() if x["request_id"] in ids]
+    assert sorted((x["request_id"], x["status"]) for x in records) == sorted(ids.items())  # one line each
+    ok = sorted((x["org"], x["sku"], x["reason"]) for x in records if x["status"] == 200)
+    assert ok == [("acme", f"logged-{i}", None) for i in range(3)]
+    assert all({"fetch", "segment", "store"} <= set(x["stages_ms"]) for x in records if x["status"] == 200)
+    text = json.dumps(cluster.access_records())
+    assert cluster.token not in text and "ct_not-a-token-of-this-cluster" not in text
 
 
 def test_a_catalog_runs_as_a_ray_data_job_through_the_handle_and_resumes(cluster, image_server, tmp_path):
