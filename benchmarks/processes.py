@@ -33,7 +33,6 @@ BEGIN, END = "<!-- processes:start -->", "<!-- processes:end -->"
 # Ray Serve's own knobs that `make serve` sets in serve.env; "before" is Ray's defaults for them.
 BEFORE_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "100",
     "RAY_SERVE_LOG_TO_STDERR": "1",
 }
