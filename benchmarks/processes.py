@@ -148,7 +148,7 @@ def report(results: dict[str, dict], idle_s: float, requests: int, rounds: int) 
         "from one client, then from four (a GrabCut photo each, by base64), then 5x as many refusals "
         "(429 from an organization whose limit is spent). CPU of every process of the Ray head and "
         "of the `serve run` driver. *before*: Ray's defaults (`ray start --head` with its "
-        "dashboard, Serve's user code and router each on a thread of its own, cached metrics "
+        "dashboard, Serve's user code on a thread of its own, cached metrics "
         "handed to Ray every 100 ms, every log record copied to stderr and streamed to the driver); *now*: `make serve` as shipped "
         "(serve.env, no dashboard).",
         "",
