@@ -808,9 +808,7 @@ def main() -> int:
     report = "\n".join(parts) + "\n"
     print(report)
     if args.out:
-        previous = args.out.read_text() if args.out.exists() else ""
-        head = previous.split("<!-- bench:start -->")[0] if "<!-- bench:start -->" in previous else previous
-        args.out.write_text(head + "<!-- bench:start -->\n" + report)
+        write_section(args.out, "bench", report.rstrip("\n"))
     return 0
 
 

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import base64
 import platform
-import re
 import sys
 import time
 from collections import Counter
@@ -32,11 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import ClusterWatch, arrivals, images, machine, pct, replica_name  # noqa: E402
+from benchmarks.bench import ClusterWatch, arrivals, images, machine, pct, replica_name, write_section  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
 MAX_WAIT_S = Settings.model_fields["admission_max_wait_s"].default
-BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
 REFUSED = (429, 503)
 
 
@@ -334,16 +332,6 @@ def report(r: dict, duration_s: float) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    doc = path.read_text() if path.exists() else ""
-    section = f"{BEGIN}\n## Real clients against the shipped configuration (benchmarks/load.py)\n\n{text}\n{END}"
-    if BEGIN in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, doc, flags=re.S)
-    else:
-        doc = doc.rstrip() + "\n\n" + section + "\n"
-    path.write_text(doc)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=30)
@@ -357,7 +345,7 @@ def main() -> int:
     text = report(measure(data, args.duration_s), args.duration_s)
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, "load", f"## Real clients against the shipped configuration (benchmarks/load.py)\n\n{text}")
     return 0
 
 

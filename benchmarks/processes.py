@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 from pathlib import Path
@@ -23,12 +22,10 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench import images, machine, replica_name  # noqa: E402
+from benchmarks.bench import images, machine, replica_name, write_section  # noqa: E402
 from benchmarks.load import Client, closed_loop, refusals_only  # noqa: E402
 from pipeline import tokens  # noqa: E402
 from tests.harness import ray_env, running_service  # noqa: E402
-
-BEGIN, END = "<!-- processes:start -->", "<!-- processes:end -->"
 
 # Ray Serve's own knobs that `make serve` sets in serve.env; "before" is Ray's defaults for them.
 BEFORE_ENV = {
@@ -187,16 +184,6 @@ def report(results: dict[str, dict], idle_s: float, requests: int, rounds: int) 
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    doc = path.read_text() if path.exists() else ""
-    section = f"{BEGIN}\n## The CPU of every process of the service (benchmarks/processes.py)\n\n{text}\n{END}"
-    if BEGIN in doc:
-        doc = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, doc, flags=re.S)
-    else:
-        doc = doc.rstrip() + "\n\n" + section + "\n"
-    path.write_text(doc)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--idle-s", type=float, default=60)
@@ -216,7 +203,7 @@ def main() -> int:
     text = report({k: average(v) for k, v in runs.items()}, args.idle_s, args.requests, args.rounds)
     print(text)
     if args.out:
-        write_section(args.out, text)
+        write_section(args.out, "processes", f"## The CPU of every process of the service (benchmarks/processes.py)\n\n{text}")
     return 0
 
 
