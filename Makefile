@@ -45,20 +45,23 @@ serve: $(STAMP)
 	echo "Serve's logs (one file per replica): $${RAY_TMPDIR:-/tmp}/ray/session_latest/logs/serve/"; \
 	serve run --address 127.0.0.1:$(RAY_PORT) serve_config.yaml
 
+# the venv's tools first on PATH: tests start `serve` and `ray` as the user would
+PYTEST = PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+
 ## Lint and check the formatting (ruff, configured in pyproject.toml), then run the whole test suite:
 ## everything on one Ray node first, then the multi-node cluster tests in a pytest of their own
 ## (a process holds one Ray cluster at a time).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m "not cluster"
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m cluster
+	$(PYTEST) -m "not cluster"
+	$(PYTEST) -m cluster
 
 ## Only the tests on a multi-node Ray cluster on this machine (a CPU-less head, two CPU nodes, a node
 ## with logical GPUs): placement, autoscaling, faults, metrics and logs per node, the batch job.
 ## `make test` runs them too, after the rest.
 test-cluster: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m cluster
+	$(PYTEST) -m cluster
 
 ## Score cutout quality on ../shared/eval (IoU, MAE, boundary F, edge colour error).
 eval: $(STAMP)

@@ -41,7 +41,7 @@ import requests
 import yaml
 
 from pipeline import tokens
-from tests.harness import FACE_POLICY, ROOT, START_TIMEOUT_S, _ray_bin, _stop, free_port
+from tests.harness import FACE_POLICY, ROOT, START_TIMEOUT_S, _ray_bin, _stop, access_log_lines, free_port
 from tests.harness import ray_env as embedded_ray_env
 
 APP = "product_cutout"
@@ -93,9 +93,7 @@ class ClusterService:
 
     def access_records(self) -> list[dict]:
         """Every line of every replica's JSON access log (``CUTOUT_ACCESS_LOG_FORMAT=json``), all nodes."""
-        sessions = [d for d in self.ray_tmp.glob("session_*") if not d.is_symlink()] if self.ray_tmp else []  # not session_latest
-        files = sorted(f for d in sessions for f in d.glob("logs/serve/access_*.jsonl"))
-        return [json.loads(line) for path in files for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in access_log_lines(self.ray_tmp)] if self.ray_tmp else []
 
     def post(self, body: dict, token: str | None = "default", timeout: float = 120, **kw) -> requests.Response:
         headers = kw.pop("headers", {})

@@ -58,6 +58,12 @@ def free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports on loopback")
 
 
+def access_log_lines(ray_tmp: Path) -> list[str]:
+    """Every line of every replica's JSON access log (``CUTOUT_ACCESS_LOG_FORMAT=json``) under Ray's
+    temp folder, all sessions and nodes (``rglob`` does not follow the ``session_latest`` link)."""
+    return [line for path in sorted(ray_tmp.rglob("access_*.jsonl")) for line in path.read_text().splitlines() if line.strip()]
+
+
 def ray_env() -> dict[str, str]:
     """Ray's own settings of the embedded default, from serve.env (as `make serve` exports them)."""
     env = {}

@@ -19,7 +19,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Service, running_service
+from tests.harness import Service, access_log_lines, running_service
 from tests.images import b64, encode, eval_image, product_photo
 
 pytestmark = pytest.mark.integration
@@ -154,19 +154,13 @@ def test_counters_and_histograms_count_the_traffic(metered, traffic):
             assert not {"acme", "limited", "MUG-0", "FACE-1"} & set(labels.values()), labels
 
 
-def _access_lines(service: Service) -> list[str]:
-    return [
-        line for path in sorted(service.log_dir.rglob("access_*.jsonl")) for line in path.read_text().splitlines() if line.strip()
-    ]
-
-
 def test_json_access_log_has_one_line_per_request_and_no_secret(metered, traffic):
     answered = [r for kind, rs in traffic.items() for r in rs]
     ids = {r.headers["X-Request-Id"] for r in answered}
     deadline = time.monotonic() + 30  # the file handler writes as each request ends; allow for slow disks
-    while not ids <= {json.loads(x)["request_id"] for x in _access_lines(metered)} and time.monotonic() < deadline:
+    while not ids <= {json.loads(x)["request_id"] for x in access_log_lines(metered.log_dir)} and time.monotonic() < deadline:
         time.sleep(1)
-    lines = _access_lines(metered)
+    lines = access_log_lines(metered.log_dir)
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     by_id = defaultdict(list)
     for record in records:
