@@ -134,12 +134,13 @@ class Ingress:
                 org = record.org
                 # the rate limit first: an organization over it never takes a pipeline slot
                 await self._rate_limit(org, self._limit(record.rpm))
-                async with self._admit(org):  # queued, or 503 before the body is read
+                async with self._admit(org) as waited:  # queued, or 503 before the body is read
                     body = await self._read_body(request)
                     # a 16 MB JSON body takes tens of ms to parse: not on the event loop
                     parsed = await asyncio.to_thread(parse_body, body) if len(body) > 65536 else parse_body(body)
                     sku = parsed.sku
                     result, timings = await self._run(org, parsed, request_id)
+                timings = {"admission": waited, **timings}
                 timings["total"] = 1000 * (time.monotonic() - started)
                 headers = {"Server-Timing": server_timing(timings), **({"X-Request-Id": header_id} if header_id else {})}
                 if cache_state(timings):
@@ -208,9 +209,10 @@ class Ingress:
         parsed = None
         try:
             await self._rate_limit(org, self._limit(self.tokens.org_rpm(org)))
-            async with self._admit(org):
+            async with self._admit(org) as waited:
                 parsed = parse_fields(fields)
                 body, timings = await self._run(org, parsed, request_id)
+            timings = {"admission": waited, **timings}
             timings["total"] = 1000 * (time.monotonic() - started)
             self.reporter.report(
                 AccessRecord(request_id, "CALL", "handle", 200, timings["total"], org, parsed.sku, None, timings)
@@ -224,14 +226,16 @@ class Ingress:
             raise error from None
 
     @contextlib.asynccontextmanager
-    async def _admit(self, org: str) -> AsyncIterator[None]:
-        """Hold one of this replica's pipeline slots, waiting in the organization's fair queue.
+    async def _admit(self, org: str) -> AsyncIterator[float]:
+        """Hold one of this replica's pipeline slots, waiting in the fair queue; yields the
+        milliseconds waited (``admission`` in ``Server-Timing``).
 
         Refused with 503 ``overloaded`` only when the expected wait is over
         ``CUTOUT_ADMISSION_MAX_WAIT_S``; ``Retry-After`` says when the queue should have room.
         A queued request waits at most ``CUTOUT_REQUEST_TIMEOUT_S`` (the estimate can be wrong,
         e.g. while a stage hangs), then it is a 503 too, and leaves the queue.
         """
+        asked = time.monotonic()
         try:
             granted = await asyncio.wait_for(self.admission.acquire(org), timeout=self.settings.request_timeout_s)
         except asyncio.TimeoutError:
@@ -249,7 +253,7 @@ class Ingress:
                 reason="overloaded",
             ) from None
         try:
-            yield
+            yield 1000.0 * (time.monotonic() - asked)
         finally:
             self.admission.release(granted)
 

@@ -58,7 +58,7 @@ REASONS = (
     "internal_error",
 )
 """``ok`` for a success, else the ``reason`` of the JSON error body (docs/api.md, Errors)."""
-STAGES = ("fetch", "decode", "segment_queue", "segment", "compose", "moderate_output", "encode", "store", "total")
+STAGES = ("admission", "fetch", "decode", "segment_queue", "segment", "compose", "moderate_output", "encode", "store", "total")
 """The ``Server-Timing`` entries (pipeline/timing.py) that get a latency histogram."""
 IMAGE_FORMATS = ("jpeg", "png", "webp")
 MODERATION_STAGES = ("input", "output")

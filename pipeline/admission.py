@@ -1,18 +1,27 @@
 """Admission to the pipeline: queue while the wait is short, refuse when it is not, fairly.
 
 One :class:`FairAdmission` lives in each ingress replica. It lets ``slots`` requests into the
-pipeline at once and queues the rest, one queue per organization, served round-robin: when a
-slot frees, the next organization in turn sends its oldest request. An organization that
-floods therefore gets one slot in turn like any other, and a polite organization's request
-waits behind at most one request of each other organization that is waiting.
+pipeline at once and queues the rest, served by start-time fair queueing (SFQ, Goyal, Vin and
+Cheng 1996) over organizations with equal weights: every request gets a virtual start tag, the
+later of the virtual time now (the tag of the request last let in) and the tag its
+organization's previous request finishes at (its start + 1); a freed slot goes to the waiting
+request with the smallest tag, the earliest arrival among equals. An organization that floods
+runs its tags ahead of the virtual time, one per request it has queued; an organization that
+sends one request at a time gets the virtual time now as its tag and goes next: it waits only
+for a slot to free, never behind the flood's queue. Alone on the service, an organization
+still uses every slot: the policy wastes no capacity.
 
 A request is refused (503 ``overloaded``) only when its *expected* wait exceeds
-``max_wait_s``. The expected wait is its place in the round-robin order divided by the rate at
-which this replica's pipeline finishes requests, measured: by Little's law a full pipeline of
-``slots`` requests that each take ``W`` seconds finishes ``slots / W`` requests a second, and
-``W`` is a moving average of the time admitted requests spent in the pipeline, quick to follow
-a slowdown. The refusal's
-``Retry-After`` is when the queue is expected to have drained enough to admit it.
+``max_wait_s``. The expected wait is the number of requests that would go before it, plus one,
+divided by the rate at which this replica's pipeline finishes requests, measured: by Little's
+law a full pipeline of ``slots`` requests that each take ``W`` seconds finishes ``slots / W``
+requests a second, and ``W`` is a moving average of the time admitted requests spent in the
+pipeline, quick to follow a slowdown. The estimate is then calibrated: the waits that queued
+requests really had, against what was expected for them when they queued (a decayed ratio of
+their sums), lengthen it, so that a pipeline slower between requests than inside them (the CPU
+taken by a storm of refusals, the hand-over of a slot) does not let requests wait past the
+limit. The refusal's ``Retry-After`` is when the queue is expected to have drained enough to
+admit it.
 
 :class:`RefusalPacer` keeps refusals cheap when clients ignore ``Retry-After``: refusals up to
 a budget per second are answered at once; beyond it each is answered after a short delay, so
@@ -23,16 +32,33 @@ instead of all of its CPU.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 # Weight of the newest pipeline time in the moving average: a slower pipeline counts at once
 # (an estimate that lags would queue more than the wait limit allows), a faster one gradually.
 _EWMA_UP = 0.5
 _EWMA_DOWN = 0.1
+# The calibration of expected waits: each finished wait's share of the sums decays by this
+# factor per wait (about the last ten waits count), long waits weigh more than short ones, and
+# the factor stays within these bounds: it only ever lengthens the estimate (waits shorter than
+# expected are the rule while the queue is short, as the request in a slot is half done on
+# average: lowering the estimate for them let a storm's first requests wait 6.5 s against a
+# limit of 5), and never more than threefold.
+_CALIBRATION_DECAY = 0.9
+_CALIBRATION_BOUNDS = (1.0, 3.0)
+# Waits expected shorter than this share of a pipeline time do not calibrate: a slot that frees
+# a little sooner or later than average swamps them.
+_CALIBRATION_MIN_SLOTS = 1.0
+# The pipeline time assumed until one is measured: short, so that a burst at a cold service
+# queues (at most max_wait_s / this) rather than being refused on a guess; the first request
+# that finishes replaces it.
+UNMEASURED_PIPELINE_S = 0.1
 # A held refusal waits between this share of the delay and all of it: long enough that a client
 # retrying at once comes back about once a delay, spread so that held clients do not synchronise.
 HELD_SHARE_MIN = 0.8
@@ -47,18 +73,33 @@ class Overloaded(Exception):
         self.retry_after_s = retry_after_s
 
 
+@dataclass(order=True)
+class _Waiter:
+    start: float  # virtual start tag
+    seq: int  # arrival order among equal tags
+    org: str = field(compare=False)
+    future: asyncio.Future = field(compare=False)
+    queued_at: float = field(compare=False)
+    expected_s: float | None = field(compare=False)  # the raw estimate when it queued, if measured
+
+
 class FairAdmission:
     """Pipeline slots of one ingress replica, with a fair queue in front of them.
 
     Args:
         slots: Requests in the pipeline at once.
         max_wait_s: Longest expected queueing time accepted; longer is refused.
-        initial_pipeline_s: The pipeline time assumed before any request has finished.
+        initial_pipeline_s: The pipeline time assumed until a request has finished; the first
+            one measured replaces it.
         clock: Monotonic seconds (tests pass their own).
     """
 
     def __init__(
-        self, slots: int, max_wait_s: float, initial_pipeline_s: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self,
+        slots: int,
+        max_wait_s: float,
+        initial_pipeline_s: float = UNMEASURED_PIPELINE_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -67,27 +108,55 @@ class FairAdmission:
         self.pipeline_s = initial_pipeline_s
         self.clock = clock
         self.inflight = 0
-        self._queues: dict[str, deque[asyncio.Future]] = {}  # waiters per organization
-        self._turns: deque[str] = deque()  # organizations with waiters, in round-robin order
+        self._waiting: list[_Waiter] = []  # a heap by (start tag, arrival)
+        self._vtime = 0.0  # the start tag of the request let in last
+        self._finish: dict[str, float] = {}  # each organization's last finish tag, while ahead of the virtual time
+        self._seq = itertools.count()
+        self._waited = self._expected = 0.0  # decayed sums of real and expected waits
+        self._measured = False
 
     @property
     def queued(self) -> int:
         """Requests waiting for a slot."""
-        return sum(len(q) for q in self._queues.values())
+        return sum(1 for w in self._waiting if not w.future.done())
 
     def rate(self) -> float:
         """Requests per second this replica's full pipeline finishes (measured)."""
         return self.slots / max(self.pipeline_s, 1e-3)
 
+    def calibration(self) -> float:
+        """Real waits over expected ones, recently (1.0 until queued requests have measured it)."""
+        if self._expected < _CALIBRATION_MIN_SLOTS * self.pipeline_s:
+            return 1.0
+        low, high = _CALIBRATION_BOUNDS
+        return min(high, max(low, self._waited / self._expected))
+
+    def _start_tag(self, org: str) -> float:
+        return max(self._vtime, self._finish.get(org, 0.0))
+
+    def _raw_wait(self, org: str) -> float:
+        if self.inflight < self.slots and not self._waiting:
+            return 0.0
+        tag = self._start_tag(org)
+        # the new request goes after every waiting request with a tag up to its own
+        ahead = sum(1 for w in self._waiting if w.start <= tag and not w.future.done())
+        return (ahead + 1) / self.rate()
+
     def expected_wait(self, org: str) -> float:
         """Seconds a new request of ``org`` would wait for a slot (0 when one is free)."""
-        if self.inflight < self.slots and not self._turns:
-            return 0.0
-        own = len(self._queues.get(org, ()))
-        # Round-robin serves every waiting organization once per round: the new request goes in
-        # round own+1, behind up to own+1 requests of each other organization.
-        ahead = own + 1 + sum(min(len(q), own + 1) for name, q in self._queues.items() if name != org)
-        return ahead / self.rate()
+        return self._raw_wait(org) * self.calibration()
+
+    def _tag(self, org: str) -> float:
+        """Give ``org``'s new request its start tag (and the organization its next finish)."""
+        start = self._start_tag(org)
+        self._finish[org] = start + 1.0
+        return start
+
+    def _let_in(self, start: float) -> None:
+        self._vtime = max(self._vtime, start)
+        # organizations whose finish the virtual time has passed start afresh from it
+        for org in [o for o, f in self._finish.items() if f <= self._vtime]:
+            del self._finish[org]
 
     async def acquire(self, org: str) -> float:
         """Wait for a slot for ``org``.
@@ -98,28 +167,29 @@ class FairAdmission:
         Raises:
             Overloaded: When the expected wait is over ``max_wait_s``; nothing is queued.
         """
-        if self.inflight < self.slots and not self._turns:
+        if self.inflight < self.slots and not self._waiting:
             self.inflight += 1
+            self._let_in(self._tag(org))
             return self.clock()
-        wait = self.expected_wait(org)
+        raw = self._raw_wait(org)
+        wait = raw * self.calibration()
         if wait > self.max_wait_s:
             raise Overloaded(wait, max(1, math.ceil(wait - self.max_wait_s)))
-        waiter: asyncio.Future = asyncio.get_running_loop().create_future()
-        queue = self._queues.setdefault(org, deque())
-        if not queue:
-            self._turns.append(org)
-        queue.append(waiter)
+        # an estimate from the guess, before any measure, does not calibrate
+        expected = raw if self._measured else None
+        waiter = _Waiter(self._tag(org), next(self._seq), org, asyncio.get_running_loop().create_future(), self.clock(), expected)
+        heapq.heappush(self._waiting, waiter)
         try:
-            return await waiter
+            return await waiter.future
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(waiter.result(), measure=False)  # granted as it was cancelled: pass it on
+            if waiter.future.done() and not waiter.future.cancelled():
+                self.release(waiter.future.result(), measure=False)  # granted as it was cancelled: pass it on
             else:
-                self._forget(org, waiter)
+                waiter.future.cancel()  # left in the heap, skipped when its turn comes
             raise
 
     def release(self, granted_at: float, measure: bool = True) -> None:
-        """Give a slot back and hand it to the next organization in turn.
+        """Give a slot back and hand it to the waiting request with the smallest tag.
 
         Args:
             granted_at: What :meth:`acquire` returned.
@@ -128,28 +198,20 @@ class FairAdmission:
         now = self.clock()
         if measure:
             held = now - granted_at
-            self.pipeline_s += (_EWMA_UP if held > self.pipeline_s else _EWMA_DOWN) * (held - self.pipeline_s)
-        while self._turns:
-            org = self._turns.popleft()
-            queue = self._queues[org]
-            waiter = queue.popleft()
-            if queue:
-                self._turns.append(org)
-            else:
-                del self._queues[org]
-            if not waiter.done():
-                waiter.set_result(now)  # the slot passes on: inflight unchanged
-                return
-        self.inflight -= 1
-
-    def _forget(self, org: str, waiter: asyncio.Future) -> None:
-        queue = self._queues.get(org)
-        if queue is None or waiter not in queue:
+            weight = (_EWMA_UP if held > self.pipeline_s else _EWMA_DOWN) if self._measured else 1.0
+            self.pipeline_s += weight * (held - self.pipeline_s)
+            self._measured = True
+        while self._waiting:
+            waiter = heapq.heappop(self._waiting)
+            if waiter.future.done():
+                continue  # cancelled while it waited
+            waiter.future.set_result(now)  # the slot passes on: inflight unchanged
+            self._let_in(waiter.start)
+            if waiter.expected_s is not None:
+                self._waited = _CALIBRATION_DECAY * self._waited + (now - waiter.queued_at)
+                self._expected = _CALIBRATION_DECAY * self._expected + waiter.expected_s
             return
-        queue.remove(waiter)
-        if not queue:
-            del self._queues[org]
-            self._turns.remove(org)
+        self.inflight -= 1
 
 
 class RefusalPacer:

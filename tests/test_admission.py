@@ -61,7 +61,7 @@ def test_a_request_expected_to_wait_too_long_is_refused_with_when_to_come_back()
     asyncio.run(scenario())
 
 
-def test_slots_pass_round_robin_between_organizations():
+def test_a_polite_organization_goes_before_a_floods_queue():
     async def scenario():
         admission = FairAdmission(slots=1, max_wait_s=60.0)
         held = await admission.acquire("flood")
@@ -72,8 +72,8 @@ def test_slots_pass_round_robin_between_organizations():
             admission.release(held)
             await asyncio.sleep(0)
             held = admission.clock()
-        # the polite organization's one request went in second, not after all five of the flood
-        assert granted == ["flood", "polite", "flood"]
+        # the polite organization's one request went in first, not after the flood's five
+        assert granted == ["polite", "flood", "flood"]
         for task in tasks:
             task.cancel()
 
@@ -91,10 +91,83 @@ def test_a_polite_organization_is_not_refused_while_another_floods():
             tasks.append(await _queue(admission, "flood", granted))
         with pytest.raises(Overloaded):
             await admission.acquire("flood")  # ...and the flood is refused
-        assert admission.expected_wait("polite") == pytest.approx(1.0)  # behind one flood request
+        assert admission.expected_wait("polite") == pytest.approx(0.5)  # only until a slot frees
         tasks.append(await _queue(admission, "polite", granted))
         for task in tasks:
             task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_organizations_that_all_flood_take_turns_and_one_alone_takes_every_slot():
+    async def scenario():
+        admission = FairAdmission(slots=2, max_wait_s=60.0)
+        held = [await admission.acquire("a"), await admission.acquire("a")]  # alone: both slots
+        assert admission.inflight == 2
+        granted: list[str] = []
+        tasks = [await _queue(admission, org, granted) for org in ["a"] * 4 + ["b"] * 4]
+        for _ in range(6):
+            admission.release(held[0])
+            await asyncio.sleep(0)
+        # "b" starts from the virtual time now: the two take turns, "b" first
+        assert granted == ["b", "a", "b", "a", "b", "a"]
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_an_organization_back_after_a_pause_gets_no_credit_for_it():
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=60.0)
+        held = await admission.acquire("quiet")
+        admission.release(held)  # then quiet for a long while, as the flood runs alone
+        held = await admission.acquire("flood")
+        granted: list[str] = []
+        tasks = [await _queue(admission, "flood", granted) for _ in range(4)]
+        for _ in range(2):
+            admission.release(held)
+            await asyncio.sleep(0)
+        tasks += [await _queue(admission, "quiet", granted) for _ in range(3)]
+        for _ in range(5):
+            admission.release(held)
+            await asyncio.sleep(0)
+        # back, "quiet" goes next and then takes turns: its idle time bought it no burst
+        assert granted == ["flood", "flood", "quiet", "flood", "quiet", "flood", "quiet"]
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_expected_waits_are_calibrated_by_the_waits_queued_requests_really_had():
+    clock = Clock()
+
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=60.0, clock=clock)
+        held = await admission.acquire("acme")
+        clock.now += 1.0
+        admission.release(held)  # the pipeline measured at 1 s
+        held = await admission.acquire("acme")
+        assert admission.expected_wait("acme") == pytest.approx(1.0)
+        granted: list[str] = []
+        for _ in range(12):
+            # each slot frees after 1 s of pipeline, but the request behind it waits 2 s in all
+            # (e.g. the CPU is taken between requests): expected 1 s, waited 2 s
+            await _queue(admission, "acme", granted)
+            clock.now += 2.0
+            admission.release(held, measure=False)
+            await asyncio.sleep(0)
+            held = clock.now
+        assert admission.calibration() == pytest.approx(2.0, rel=0.05)
+        assert admission.expected_wait("acme") == pytest.approx(2.0, rel=0.05)
+        for _ in range(30):  # then every slot frees at once: waits shorter than expected
+            await _queue(admission, "acme", granted)
+            admission.release(held, measure=False)
+            await asyncio.sleep(0)
+        # ...never shorten the estimate: the pipeline's own measure stands
+        assert admission.calibration() == 1.0
+        assert admission.expected_wait("acme") == pytest.approx(1.0)
 
     asyncio.run(scenario())
 
@@ -160,3 +233,32 @@ def test_the_denial_cache_answers_until_the_limiters_wait_is_over():
     for org in ("a", "b", "c"):
         cache.deny(org, 10.0, now=0.0)
     assert cache.wait("a", now=1.0) == 0.0  # the oldest is forgotten beyond max_keys
+
+
+def test_a_burst_at_a_cold_service_queues_and_the_first_measure_replaces_the_guess():
+    clock = Clock()
+
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=5.0, clock=clock)  # nothing measured yet
+        held = await admission.acquire("acme")
+        granted: list[str] = []
+        tasks = [await _queue(admission, "acme", granted) for _ in range(7)]  # eight clients at once
+        assert admission.queued == 7
+        clock.now += 0.4
+        admission.release(held)
+        assert admission.pipeline_s == pytest.approx(0.4)  # measured: the guess is gone
+        for _ in range(6):  # the burst waited far longer than the guess said: that calibrates nothing
+            clock.now += 0.4
+            admission.release(clock.now - 0.4)
+            await asyncio.sleep(0)
+        assert admission.calibration() == 1.0
+        tasks = [t for t in tasks if not t.done()]
+        while admission.expected_wait("acme") <= 5.0:  # at 0.4 s each, room for 12 in the queue
+            tasks.append(await _queue(admission, "acme", granted))
+        assert admission.queued == 12
+        with pytest.raises(Overloaded):
+            await admission.acquire("acme")
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
