@@ -466,7 +466,7 @@ async def arrivals(rate: float, duration_s: float):
 def stage_report(name: str, timings: list[dict[str, float]]) -> tuple[str, list[str]]:
     keys = [
         k
-        for k in ("fetch", "decode", "segment_queue", "segment", "compose", "encode", "store", "total")
+        for k in ("admission", "fetch", "decode", "segment_queue", "segment", "compose", "encode", "store", "total")
         if any(k in t for t in timings)
     ]
     means = {k: statistics.mean(t.get(k, 0.0) for t in timings) for k in keys}
