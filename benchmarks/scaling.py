@@ -232,7 +232,7 @@ def render(results: dict) -> str:
             "again (the killed replicas replaced, every deployment RUNNING, `/healthz` 200, a fresh",
             "request 200). Statuses: what the clients got from the fault until whole. The same drill",
             "is a test (`tests/integration/test_multinode.py`): every request a 200 or a 429/503 with",
-            "`Retry-After`, none left without an answer, nothing stored for a request that failed.",
+            "`Retry-After`, none left without an answer, nothing stored for a request that failed but in the race of an ingress killed between the store and its answer (docs/api.md).",
             "",
             "| killed | statuses seen | seconds to whole |",
             "|---|---|---|",

@@ -184,7 +184,15 @@ def test_killing_a_replica_of_each_stage_then_a_worker_node_loses_no_request(clu
     for o in outcomes:
         assert o.status == 200 or (o.status in (429, 503) and o.retry_after), (o, [r["statuses"] for r in rows])
     assert sum(o.status == 200 for o in outcomes) > len(outcomes) / 2, [r["statuses"] for r in rows]
-    # every stored result is one a client got a 200 for: nothing stored for a failed request
+    # every stored result is one a client got a 200 for: nothing stored for a failed request,
+    # but for one race no service can close: an ingress replica killed in the instant between
+    # the upload and its answer (the uploader stores nothing for a caller already dead; the
+    # result left is never handed out, and expires with the others). At most one such result
+    # per request that Serve's proxy answered 503 when the ingress, or its node, went down.
     stored = results_on_disk(cluster) - before
     answered = {o.result_name for o in outcomes if o.status == 200}
-    assert stored <= answered | set(probes), (stored - answered - set(probes), [r["statuses"] for r in rows])
+    orphans = stored - answered - set(probes)
+    lost_with_ingress = sum(
+        count for r in rows if r["stage"] in ("Ingress", "") for key, count in r["statuses"].items() if key.startswith("503")
+    )
+    assert len(orphans) <= lost_with_ingress, (orphans, [r["statuses"] for r in rows])
