@@ -43,18 +43,21 @@ from dataclasses import dataclass, field
 # Weight of the newest pipeline time in the moving average: a slower pipeline counts at once
 # (an estimate that lags would queue more than the wait limit allows), a faster one gradually.
 _EWMA_UP = 0.5
-_EWMA_DOWN = 0.1
+_EWMA_DOWN = 0.3
 # The calibration of expected waits: each finished wait's share of the sums decays by this
 # factor per wait (about the last ten waits count), long waits weigh more than short ones, and
 # the factor stays within these bounds: it only ever lengthens the estimate (waits shorter than
 # expected are the rule while the queue is short, as the request in a slot is half done on
 # average: lowering the estimate for them let a storm's first requests wait 6.5 s against a
-# limit of 5), and never more than threefold.
+# limit of 5), and never more than twofold.
 _CALIBRATION_DECAY = 0.9
-_CALIBRATION_BOUNDS = (1.0, 3.0)
+_CALIBRATION_BOUNDS = (1.0, 2.0)
 # Waits expected shorter than this share of a pipeline time do not calibrate: a slot that frees
 # a little sooner or later than average swamps them.
 _CALIBRATION_MIN_SLOTS = 1.0
+# Only waits expected at least this share of the limit calibrate: the estimate matters near the
+# limit, and short queues behind the odd large image would otherwise lengthen every estimate.
+_CALIBRATION_MIN_SHARE = 0.5
 # The pipeline time assumed until one is measured: short, so that a burst at a cold service
 # queues (at most max_wait_s / this) rather than being refused on a guess; the first request
 # that finishes replaces it.
@@ -176,7 +179,7 @@ class FairAdmission:
         if wait > self.max_wait_s:
             raise Overloaded(wait, max(1, math.ceil(wait - self.max_wait_s)))
         # an estimate from the guess, before any measure, does not calibrate
-        expected = raw if self._measured else None
+        expected = raw if self._measured and raw >= _CALIBRATION_MIN_SHARE * self.max_wait_s else None
         waiter = _Waiter(self._tag(org), next(self._seq), org, asyncio.get_running_loop().create_future(), self.clock(), expected)
         heapq.heappush(self._waiting, waiter)
         try:

@@ -144,7 +144,7 @@ def test_expected_waits_are_calibrated_by_the_waits_queued_requests_really_had()
     clock = Clock()
 
     async def scenario():
-        admission = FairAdmission(slots=1, max_wait_s=60.0, clock=clock)
+        admission = FairAdmission(slots=1, max_wait_s=2.0, clock=clock)  # waits of 1 s: half the limit
         held = await admission.acquire("acme")
         clock.now += 1.0
         admission.release(held)  # the pipeline measured at 1 s

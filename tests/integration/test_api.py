@@ -249,6 +249,9 @@ def test_413_when_content_length_is_absent_or_understated(service):
             f"POST /product/cutout HTTP/1.1\r\nHost: {host}\r\napi_token: {service.token}\r\n"
             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
         ).encode()
-        sock.sendall(head + b'{"file": "' + b"A" * 2_000_000)
+        try:
+            sock.sendall(head + b'{"file": "' + b"A" * 2_000_000)
+        except (ConnectionResetError, BrokenPipeError):
+            pass  # answered and closed before the client had sent it all: the answer is still read
         reply = sock.recv(4096).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 4"), reply[:200]
