@@ -284,7 +284,7 @@ class Settings(BaseModel):
         ge=1,
         le=100000,
         **_doc(
-            "Cutout requests one ingress replica lets into the pipeline at once; more wait in a fair queue (start-time fair queueing over organizations; docs/api.md, Admission). Enough to keep the segmenters busy and no more: more only lengthens the queues inside the stages, where the fair order does not hold (2 measured best on one 2-core machine: the 4-client throughput of 3 and a shorter pipeline time, so a polite organization waits less behind a flood; docs/benchmarks.md; see cluster/serve_config.gpu.yaml).",
+            "Cutout requests one ingress replica lets into the pipeline at once; more wait in a fair queue (start-time fair queueing over organizations; docs/api.md, Admission). Enough to keep the segmenters busy and no more: more only lengthens the queues inside the stages, where the fair order does not hold (serve_config.yaml sets 1 for `make serve`, where the ingress answers HTTP itself: a polite organization beside a flood then waits behind one image, not two; 2 through Serve's HTTP proxy gave the same 4-client throughput as 3; docs/benchmarks.md; see cluster/serve_config.gpu.yaml).",
             "requests",
         ),
     )
@@ -293,7 +293,7 @@ class Settings(BaseModel):
         gt=0,
         le=600,
         **_doc(
-            "Longest expected wait in the ingress queue that a request is queued for; a request expected to wait longer (its place in the queue over the measured rate at which the pipeline finishes requests, calibrated by the waits queued requests really had) is refused at once with 503 `overloaded` and a `Retry-After` of when the queue should have room. Bounds the latency of admitted requests under overload.",
+            "Longest wait in the ingress queue that a request is queued for; a request expected to wait longer (its place in the queue over the measured rate at which the pipeline finishes requests, calibrated by the waits queued requests really had, times 1.2 for the estimate's error) is refused at once with 503 `overloaded` and a `Retry-After` of when the queue should have room. Bounds the latency of admitted requests under overload.",
             "seconds",
         ),
     )

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
+from pipeline.admission import WAIT_MARGIN, FairAdmission, Overloaded, RefusalPacer
 from pipeline.ratelimit import DenialCache
 
 
@@ -46,7 +46,7 @@ def test_requests_past_the_slots_queue_instead_of_being_refused():
 
 def test_a_request_expected_to_wait_too_long_is_refused_with_when_to_come_back():
     async def scenario():
-        admission = FairAdmission(slots=1, max_wait_s=2.0, initial_pipeline_s=1.0)  # finishes 1/s
+        admission = FairAdmission(slots=1, max_wait_s=2.0 * WAIT_MARGIN, initial_pipeline_s=1.0)  # finishes 1/s
         await admission.acquire("acme")
         granted: list[str] = []
         tasks = [await _queue(admission, "acme", granted) for _ in range(2)]  # waits 1 s and 2 s
@@ -55,6 +55,25 @@ def test_a_request_expected_to_wait_too_long_is_refused_with_when_to_come_back()
         assert refused.value.expected_wait_s == pytest.approx(3.0)
         assert refused.value.retry_after_s == 1  # the queue has room for it in about 1 s
         assert admission.queued == 2  # the refused request left nothing behind
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_is_let_in_only_while_its_wait_with_the_margin_is_within_the_limit():
+    async def scenario():
+        # finishes 1/s; the limit 5 s: with the margin, waits of up to 4 s are let in
+        admission = FairAdmission(slots=1, max_wait_s=5.0, initial_pipeline_s=1.0)
+        await admission.acquire("acme")
+        granted: list[str] = []
+        tasks = [await _queue(admission, "acme", granted) for _ in range(int(5.0 / WAIT_MARGIN))]
+        assert admission.queued == 4
+        with pytest.raises(Overloaded) as refused:
+            await admission.acquire("acme")  # expected 5 s: within the limit, not with the margin
+        assert refused.value.expected_wait_s == pytest.approx(5.0)
+        assert refused.value.retry_after_s == 1  # room once one more has left the queue
+        assert admission.queued == 4
         for task in tasks:
             task.cancel()
 
@@ -82,7 +101,7 @@ def test_a_polite_organization_goes_before_a_floods_queue():
 
 def test_a_polite_organization_is_not_refused_while_another_floods():
     async def scenario():
-        admission = FairAdmission(slots=2, max_wait_s=3.0, initial_pipeline_s=1.0)  # 2/s
+        admission = FairAdmission(slots=2, max_wait_s=3.0 * WAIT_MARGIN, initial_pipeline_s=1.0)  # 2/s
         for _ in range(2):
             await admission.acquire("flood")
         granted: list[str] = []
@@ -144,7 +163,7 @@ def test_expected_waits_are_calibrated_by_the_waits_queued_requests_really_had()
     clock = Clock()
 
     async def scenario():
-        admission = FairAdmission(slots=1, max_wait_s=2.0, clock=clock)  # waits of 1 s: half the limit
+        admission = FairAdmission(slots=1, max_wait_s=2.0 * WAIT_MARGIN, clock=clock)  # waits of 1 s: under half the limit
         held = await admission.acquire("acme")
         clock.now += 1.0
         admission.release(held)  # the pipeline measured at 1 s
@@ -253,9 +272,9 @@ def test_a_burst_at_a_cold_service_queues_and_the_first_measure_replaces_the_gue
             await asyncio.sleep(0)
         assert admission.calibration() == 1.0
         tasks = [t for t in tasks if not t.done()]
-        while admission.expected_wait("acme") <= 5.0:  # at 0.4 s each, room for 12 in the queue
+        while admission.expected_wait("acme") * WAIT_MARGIN <= 5.0:  # at 0.4 s each, room for 10
             tasks.append(await _queue(admission, "acme", granted))
-        assert admission.queued == 12
+        assert admission.queued == 10
         with pytest.raises(Overloaded):
             await admission.acquire("acme")
         for task in tasks:
