@@ -160,7 +160,7 @@ class Ingress:
                 raise CutoutError(404, "not_found", "No such route.", None)
         except Exception as exc:  # every failure becomes a JSON error; details go to the log only
             error = to_cutout_error(exc, request_id)
-            await self._pace(error)
+            await self._pace(error, time.monotonic() - started)
             response, reason = error_response(error, header_id), error.reason
         total_ms = 1000 * (time.monotonic() - started)
         record = AccessRecord(request_id, request.method, path, response.status_code, total_ms, org, sku, reason, timings)
@@ -220,7 +220,7 @@ class Ingress:
             return body
         except Exception as exc:
             error = to_cutout_error(exc, request_id)
-            await self._pace(error)
+            await self._pace(error, time.monotonic() - started)
             total_ms, sku = 1000 * (time.monotonic() - started), parsed.sku if parsed else None
             self.reporter.report(AccessRecord(request_id, "CALL", "handle", error.status, total_ms, org, sku, error.reason))
             raise error from None
@@ -257,13 +257,14 @@ class Ingress:
         finally:
             self.admission.release(granted)
 
-    async def _pace(self, error: CutoutError) -> None:
+    async def _pace(self, error: CutoutError, elapsed_s: float) -> None:
         """Hold a refusal (429/503) a little when refusals come faster than the budget: a client
-        that ignores ``Retry-After`` then costs a bounded number of requests a second."""
+        that ignores ``Retry-After`` then costs a bounded number of requests a second. A refusal
+        already ``elapsed_s`` old (refused from the queue) is held only for what is left."""
         if error.status not in (429, 503) or error.retry_after is None:
             return
         budget = max(MIN_FAST_REFUSALS_PER_S, FAST_REFUSALS_PER_IMAGE * self.admission.rate())
-        delay = self.pacer.delay(budget)
+        delay = self.pacer.delay(budget) - elapsed_s
         if delay > 0:
             await asyncio.sleep(delay)
 
@@ -324,7 +325,7 @@ class Ingress:
 
     async def _removebg(self, request: Request, request_id: str, header_id: str | None) -> Response:
         """``POST /v1.0/removebg``: the same checks and pipeline, remove.bg's request and answer."""
-        rpm = None
+        rpm, started = None, time.monotonic()
         try:
             if request.method != "POST":
                 raise CutoutError(405, "method_not_allowed", "Use POST.", None)
@@ -340,7 +341,7 @@ class Ingress:
             reply = removebg.answer(parsed, result, request.headers.get("accept", ""), rpm, cache_state(timings), header_id)
         except Exception as exc:
             error = to_cutout_error(exc, request_id)
-            await self._pace(error)
+            await self._pace(error, time.monotonic() - started)
             reply = removebg.error_response(error, rpm, header_id)
         return Response(reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.media_type)
 

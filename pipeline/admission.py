@@ -24,8 +24,12 @@ limit. Calibrated, the estimate is right on average, but a wait is the sum of th
 times ahead of it and runs past it now and then (when a storm of refusals begins, the pipeline
 slows before its average shows it): a request is let in only while its expected wait,
 lengthened by ``WAIT_MARGIN``, is within the limit, so that the waits' tail, not only their
-average, stays under it. The refusal's ``Retry-After`` is when the queue is expected to have
-drained enough to admit it.
+average, stays under it. Each time a slot frees, the requests still queued are estimated again
+from the new measure: one that the pipeline, now slower, would keep past the limit is refused
+after all if it has waited less than ``SHED_WINDOW_S`` (so that its refusal still comes within
+a second). That is for the start of a storm: the queue fills at once on the pipeline time
+measured before it, and the pipeline then slows under the refusals' CPU. The refusal's
+``Retry-After`` is when the queue is expected to have drained enough to admit it.
 
 :class:`RefusalPacer` keeps refusals cheap when clients ignore ``Retry-After``: refusals up to
 a budget per second are answered at once; beyond it each is answered after a short delay, so
@@ -63,6 +67,12 @@ _CALIBRATION_BOUNDS = (1.0, 2.0)
 # wait stays within about 3% of the limit, and the queue is still seconds deep, so the pipeline
 # never idles for it.
 WAIT_MARGIN = 1.2
+# A queued request that the re-estimate made as each slot frees puts past the limit is refused
+# while it has waited less than this: its refusal then still comes within a second. At the start
+# of a storm of retrying clients on 2 cores the first slot freed 0.6 s after the queue had
+# filled on the pipeline time measured before, and the pipeline ran at 0.55 s a request against
+# the 0.30 s measured: the back half of that queue would have waited 7 s under a 5 s limit.
+SHED_WINDOW_S = 0.8
 # Waits expected shorter than this share of a pipeline time do not calibrate: a slot that frees
 # a little sooner or later than average swamps them.
 _CALIBRATION_MIN_SLOTS = 1.0
@@ -182,8 +192,9 @@ class FairAdmission:
             The monotonic time the slot was granted; pass it to :meth:`release`.
 
         Raises:
-            Overloaded: When the expected wait, times ``WAIT_MARGIN``, is over ``max_wait_s``;
-                nothing is queued.
+            Overloaded: When the expected wait, times ``WAIT_MARGIN``, is over ``max_wait_s``
+                (nothing is queued); or within ``SHED_WINDOW_S`` of queueing, when a slot frees
+                and the estimate from its measure puts the request past the limit.
         """
         if self.inflight < self.slots and not self._waiting:
             self.inflight += 1
@@ -202,7 +213,7 @@ class FairAdmission:
         try:
             return await waiter.future
         except asyncio.CancelledError:
-            if waiter.future.done() and not waiter.future.cancelled():
+            if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self.release(waiter.future.result(), measure=False)  # granted as it was cancelled: pass it on
             else:
                 waiter.future.cancel()  # left in the heap, skipped when its turn comes
@@ -230,8 +241,21 @@ class FairAdmission:
             if waiter.expected_s is not None:
                 self._waited = _CALIBRATION_DECAY * self._waited + (now - waiter.queued_at)
                 self._expected = _CALIBRATION_DECAY * self._expected + waiter.expected_s
+            self._shed(now)
             return
         self.inflight -= 1
+
+    def _shed(self, now: float) -> None:
+        """Refuse the queued requests that the estimate from the latest measure puts past the
+        limit, among those that have waited less than ``SHED_WINDOW_S``."""
+        per_request = self.calibration() / self.rate()
+        live = sorted(w for w in self._waiting if not w.future.done())
+        for ahead, waiter in enumerate(live):
+            waited = now - waiter.queued_at
+            left = (ahead + 1) * per_request
+            if waited < SHED_WINDOW_S and (waited + left) * WAIT_MARGIN > self.max_wait_s:
+                retry_after = max(1, math.ceil(left - self.max_wait_s / WAIT_MARGIN))
+                waiter.future.set_exception(Overloaded(waited + left, retry_after))
 
 
 class RefusalPacer:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pipeline.admission import WAIT_MARGIN, FairAdmission, Overloaded, RefusalPacer
+from pipeline.admission import SHED_WINDOW_S, WAIT_MARGIN, FairAdmission, Overloaded, RefusalPacer
 from pipeline.ratelimit import DenialCache
 
 
@@ -74,6 +74,48 @@ def test_a_request_is_let_in_only_while_its_wait_with_the_margin_is_within_the_l
         assert refused.value.expected_wait_s == pytest.approx(5.0)
         assert refused.value.retry_after_s == 1  # room once one more has left the queue
         assert admission.queued == 4
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_when_the_pipeline_slows_the_back_of_a_fresh_queue_is_refused_and_the_rest_kept():
+    clock = Clock()
+
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=5.0, initial_pipeline_s=0.3, clock=clock)
+        admission._measured = True  # 0.3 s measured before the storm
+        held = await admission.acquire("acme")
+        outcomes: dict[int, object] = {}
+
+        async def wait(k: int) -> None:
+            try:
+                await admission.acquire("acme")
+                outcomes[k] = "granted"
+            except Overloaded as exc:
+                outcomes[k] = exc
+
+        tasks = []
+        while admission.expected_wait("acme") * WAIT_MARGIN <= 5.0:  # the queue fills at once on 0.3 s
+            tasks.append(asyncio.create_task(wait(len(tasks))))
+            await asyncio.sleep(0)
+        assert len(tasks) == 13
+        clock.now += 0.6  # the storm's CPU: the first slot frees after 0.6 s, not 0.3
+        admission.release(held)
+        await asyncio.sleep(0)
+        refused = sorted(k for k, o in outcomes.items() if isinstance(o, Overloaded))
+        assert outcomes[0] == "granted"
+        # the estimate from the new measure (0.45 s) keeps those it can serve within the limit
+        kept = admission.queued
+        assert refused == list(range(1 + kept, 13)) and kept >= 6
+        assert (0.6 + kept * admission.pipeline_s) * WAIT_MARGIN <= 5.0
+        assert all(outcomes[k].retry_after_s >= 1 for k in refused)
+        # once past the window, a queued request is no longer refused: it is served
+        clock.now += SHED_WINDOW_S
+        admission.release(clock.now - 1.0)  # slower still
+        await asyncio.sleep(0)
+        assert admission.queued == kept - 1 and len(refused) == sum(isinstance(o, Overloaded) for o in outcomes.values())
         for task in tasks:
             task.cancel()
 
