@@ -23,6 +23,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from deployments import proxy
 from deployments.accesslog import RequestReporter
 from deployments.errors import lost_object, replica_lost, to_cutout_error
 from pipeline import removebg, web
@@ -76,6 +77,12 @@ def error_response(error: CutoutError, request_id: str | None) -> JSONResponse:
     return JSONResponse(error.to_body(), status_code=error.status, headers=headers)
 
 
+def _rate_limited(rpm: int, wait_s: float) -> CutoutError:
+    return CutoutError(
+        429, "rate_limited", f"Rate limit of {rpm} requests per minute exceeded.", None, retry_after=retry_after_header(wait_s)
+    )
+
+
 def request_id_of(request: Request) -> tuple[str, bool]:
     """The request's id, and whether it came from Serve's proxy.
 
@@ -117,6 +124,8 @@ class Ingress:
         self.reporter = RequestReporter(settings.access_log_format)
         # this replica's actor name: the uploader stores nothing for a request whose replica died
         self.replica_name = _actor_name()
+        # with direct ingress, this replica's HTTP server answers a limited organization itself
+        proxy.answer_early_with(self._early_answer)
 
     async def __call__(self, request: Request) -> Response:
         """Route an HTTP request."""
@@ -301,13 +310,30 @@ class Ingress:
                 # as long as the Retry-After it is told: a client honouring it is not back sooner
                 self.denials.deny(org, retry_after_header(wait))
         if wait > 0:
-            raise CutoutError(
-                429,
-                "rate_limited",
-                f"Rate limit of {rpm} requests per minute exceeded.",
-                None,
-                retry_after=retry_after_header(wait),
-            )
+            raise _rate_limited(rpm, wait)
+
+    async def _early_answer(self, scope: dict[str, Any]) -> Response | None:
+        """The answer to a request that memory alone settles, given by the HTTP server's
+        middleware before Serve's request path (:func:`deployments.proxy.answer_early_with`):
+        the 429 for a cutout request of an organization that the shared limiter refused and
+        whose wait is not over. None for every other request, which goes on as usual."""
+        if scope.get("method") != "POST" or scope.get("path") != CUTOUT_ROUTE:
+            return None
+        request = Request(scope)
+        record = self.tokens.record(next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), None))
+        if record is None:
+            return None
+        rpm = self._limit(record.rpm)
+        wait = self.denials.wait(record.org) if rpm > 0 else 0.0
+        if wait <= 0:
+            return None
+        started = time.monotonic()
+        request_id, _ = request_id_of(request)
+        error = to_cutout_error(_rate_limited(rpm, wait), request_id)
+        await self._pace(error, 0.0)
+        total_ms = 1000 * (time.monotonic() - started)
+        self.reporter.report(AccessRecord(request_id, "POST", CUTOUT_ROUTE, 429, total_ms, record.org, None, error.reason, {}))
+        return error_response(error, request_id)  # Serve's request path, which adds the id, is skipped
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self.settings.max_request_body

@@ -101,8 +101,44 @@ class LostReplicaAs503:
         await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
+EarlyHook = Callable[[Scope], Awaitable[Any]]
+_early_answer: EarlyHook | None = None
+
+
+def answer_early_with(hook: EarlyHook | None) -> None:
+    """Register the ingress replica's early answer (None: remove it).
+
+    With Serve's direct ingress (``make serve``), the ingress replica's own HTTP server runs
+    these middlewares too, in the replica's process and on its event loop. There
+    :class:`EarlyAnswer` asks the registered hook first: it returns a Starlette response for a
+    request it can answer from memory (a 429 for an organization the shared limiter refused
+    moments ago), or None. That answer skips Serve's request path, which costs the replica
+    most of a refusal's CPU (docs/benchmarks.md). In Serve's proxy no hook is registered and
+    every request goes on.
+    """
+    global _early_answer
+    _early_answer = hook
+
+
+class EarlyAnswer:
+    """ASGI middleware: the registered hook's answer, if it has one, before the wrapped app."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hook = _early_answer
+        if hook is not None and scope.get("type") == "http":
+            response = await hook(scope)
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def middlewares() -> list[Any]:
-    """What Serve's proxy calls through ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``."""
+    """What Serve's proxy (and, with direct ingress, the ingress replica's HTTP server) calls
+    through ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``."""
     from starlette.middleware import Middleware
 
-    return [Middleware(LostReplicaAs503)]
+    return [Middleware(EarlyAnswer), Middleware(LostReplicaAs503)]

@@ -24,8 +24,8 @@ limit. Calibrated, the estimate is right on average, but a wait is the sum of th
 times ahead of it and runs past it now and then (when a storm of refusals begins, the pipeline
 slows before its average shows it): a request is let in only while its expected wait,
 lengthened by ``WAIT_MARGIN``, is within the limit, so that the waits' tail, not only their
-average, stays under it. Each time a slot frees, the requests still queued are estimated again
-from the new measure: one that the pipeline, now slower, would keep past the limit is refused
+average, stays under it. Each time a slot frees while requests are being refused on arrival,
+the requests still queued are estimated again from the new measure: one that the pipeline, now slower, would keep past the limit is refused
 after all if it has waited less than ``SHED_WINDOW_S`` (so that its refusal still comes within
 a second). That is for the start of a storm: the queue fills at once on the pipeline time
 measured before it, and the pipeline then slows under the refusals' CPU. The refusal's
@@ -141,6 +141,7 @@ class FairAdmission:
         self._seq = itertools.count()
         self._waited = self._expected = 0.0  # decayed sums of real and expected waits
         self._measured = False
+        self._refused_at = -math.inf  # when a request was last refused on arrival
 
     @property
     def queued(self) -> int:
@@ -203,6 +204,7 @@ class FairAdmission:
         raw = self._raw_wait(org)
         wait = raw * self.calibration()
         if wait * WAIT_MARGIN > self.max_wait_s:
+            self._refused_at = self.clock()
             # back when the queue ahead has drained to what would be let in
             raise Overloaded(wait, max(1, math.ceil(wait - self.max_wait_s / WAIT_MARGIN)))
         # an estimate from the guess, before any measure, does not calibrate
@@ -247,7 +249,11 @@ class FairAdmission:
 
     def _shed(self, now: float) -> None:
         """Refuse the queued requests that the estimate from the latest measure puts past the
-        limit, among those that have waited less than ``SHED_WINDOW_S``."""
+        limit, among those that have waited less than ``SHED_WINDOW_S``; only while requests
+        are being refused on arrival (an overload), so that one slow request under a modest
+        load, which lengthens the measure for a moment, does not turn queued requests away."""
+        if now - self._refused_at > SHED_WINDOW_S:
+            return
         per_request = self.calibration() / self.rate()
         live = sorted(w for w in self._waiting if not w.future.done())
         for ahead, waiter in enumerate(live):

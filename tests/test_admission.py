@@ -101,6 +101,8 @@ def test_when_the_pipeline_slows_the_back_of_a_fresh_queue_is_refused_and_the_re
             tasks.append(asyncio.create_task(wait(len(tasks))))
             await asyncio.sleep(0)
         assert len(tasks) == 13
+        with pytest.raises(Overloaded):  # the storm's other clients are refused on arrival
+            await admission.acquire("acme")
         clock.now += 0.6  # the storm's CPU: the first slot frees after 0.6 s, not 0.3
         admission.release(held)
         await asyncio.sleep(0)
@@ -116,6 +118,26 @@ def test_when_the_pipeline_slows_the_back_of_a_fresh_queue_is_refused_and_the_re
         admission.release(clock.now - 1.0)  # slower still
         await asyncio.sleep(0)
         assert admission.queued == kept - 1 and len(refused) == sum(isinstance(o, Overloaded) for o in outcomes.values())
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_one_slow_request_under_a_modest_load_turns_no_queued_request_away():
+    clock = Clock()
+
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=5.0, initial_pipeline_s=0.3, clock=clock)
+        admission._measured = True
+        await admission.acquire("acme")
+        granted: list[str] = []
+        tasks = [await _queue(admission, "acme", granted) for _ in range(7)]  # eight clients
+        clock.now += 0.5  # the queue waited 0.5 s behind a large image that took 1.9 s:
+        admission.release(clock.now - 1.9)  # the measure jumps to 1.1 s, and 7 x 1.1 x 1.2 > 5
+        await asyncio.sleep(0)
+        assert admission.pipeline_s > 0.8 and granted == ["acme"] and admission.queued == 6
+        assert not any(t.done() for t in tasks[1:])  # nobody refused: nothing was refused on arrival
         for task in tasks:
             task.cancel()
 

@@ -134,6 +134,49 @@ def test_an_organization_over_its_limit_gets_429_even_when_the_pipeline_is_full(
     assert not body_read
 
 
+def test_a_refused_organization_is_answered_429_by_the_http_server_before_serves_request_path(tmp_path):
+    from deployments import proxy
+    from pipeline import tokens
+
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    token = tokens.create_token(settings.tokens_file, "acme")
+    other = tokens.create_token(settings.tokens_file, "other")
+    limiter = FakeHandle(True)
+    limiter.acquire = _Method(7.5)  # the shared limiter: wait 7.5 s
+    ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(4)], limiter)
+    passed_on: list[str] = []
+
+    async def serve_request_path(scope, receive, send):  # what the middleware wraps
+        passed_on.append(scope["path"])
+
+    def call(path: str, token: str, method: str = "POST") -> list[dict]:
+        sent: list[dict] = []
+        scope = {"type": "http", "method": method, "path": path, "query_string": b"", "headers": [(b"api_token", token.encode())]}
+
+        async def receive():
+            raise AssertionError("the body is not read")
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(proxy.EarlyAnswer(serve_request_path)(scope, receive, send))
+        return sent
+
+    try:
+        assert call("/product/cutout", token) == []  # not refused yet: Serve's request path
+        assert asyncio.run(_cutout_call(ingress, token, [])).status_code == 429  # the limiter refuses
+        start, body = call("/product/cutout", token)  # now answered from memory
+        headers = dict(start["headers"])
+        assert start["status"] == 429 and headers[b"retry-after"] in (b"7", b"8")
+        assert headers[b"x-request-id"] and json.loads(body["body"])["error"]["reason"] == "rate_limited"
+        # every other request goes on: another organization, another route, no token, a GET
+        assert call("/product/cutout", other) == [] and call("/v1.0/removebg", token) == []
+        assert call("/product/cutout", "nope") == [] and call("/product/cutout", token, "GET") == []
+        assert passed_on == ["/product/cutout"] * 2 + ["/v1.0/removebg", "/product/cutout", "/product/cutout"]
+    finally:
+        proxy.answer_early_with(None)
+
+
 class _Calls:
     """A handle method answering from a list, one item per call (an exception is raised)."""
 

@@ -82,5 +82,4 @@ def test_serve_env_and_the_cluster_manifests_install_the_middleware():
         assert f"name: {proxy.ENV_VAR}" in manifest.read_text(), manifest.name
     module, _, name = proxy.IMPORT_PATH.partition(":")
     assert module == proxy.__name__ and callable(getattr(proxy, name))
-    (middleware,) = proxy.middlewares()
-    assert middleware.cls is proxy.LostReplicaAs503
+    assert [m.cls for m in proxy.middlewares()] == [proxy.EarlyAnswer, proxy.LostReplicaAs503]
