@@ -11,8 +11,8 @@ sends one request at a time gets the virtual time now as its tag and goes next: 
 for a slot to free, never behind the flood's queue. Alone on the service, an organization
 still uses every slot: the policy wastes no capacity.
 
-A request is refused (503 ``overloaded``) only when its *expected* wait, taken with a margin
-for the estimate's error, exceeds ``max_wait_s``. The expected wait is the number of requests that would go before it, plus one,
+A request is refused (503 ``overloaded``) only when its *expected* wait exceeds ``max_wait_s``
+(while the service is overloaded, taken with a margin for the estimate's error). The expected wait is the number of requests that would go before it, plus one,
 divided by the rate at which this replica's pipeline finishes requests, measured: by Little's
 law a full pipeline of ``slots`` requests that each take ``W`` seconds finishes ``slots / W``
 requests a second, and ``W`` is a moving average of the time admitted requests spent in the
@@ -22,9 +22,9 @@ their sums), lengthen it, so that a pipeline slower between requests than inside
 taken by a storm of refusals, the hand-over of a slot) does not let requests wait past the
 limit. Calibrated, the estimate is right on average, but a wait is the sum of the pipeline
 times ahead of it and runs past it now and then (when a storm of refusals begins, the pipeline
-slows before its average shows it): a request is let in only while its expected wait,
-lengthened by ``WAIT_MARGIN``, is within the limit, so that the waits' tail, not only their
-average, stays under it. Each time a slot frees while requests are being refused on arrival,
+slows before its average shows it): while requests are being refused (the queue is at the
+limit), a request is let in only while its expected wait, lengthened by ``WAIT_MARGIN``, is
+within the limit, so that the waits' tail, not only their average, stays under it. Each time a slot frees while requests are being refused on arrival,
 the requests still queued are estimated again from the new measure: one that the pipeline, now slower, would keep past the limit is refused
 after all if it has waited less than ``SHED_WINDOW_S`` (so that its refusal still comes within
 a second). That is for the start of a storm: the queue fills at once on the pipeline time
@@ -67,6 +67,11 @@ _CALIBRATION_BOUNDS = (1.0, 2.0)
 # wait stays within about 3% of the limit, and the queue is still seconds deep, so the pipeline
 # never idles for it.
 WAIT_MARGIN = 1.2
+# The margin applies, and queued requests may be refused (SHED_WINDOW_S), only while the service
+# is overloaded: a request was refused on arrival within this many seconds. Below that the
+# queue is short of the limit, and a margin would only refuse modest concurrency whenever one
+# slow request lengthens the measure for a moment (eight clients back to back got 503s with it).
+OVERLOAD_S = 1.0
 # A queued request that the re-estimate made as each slot frees puts past the limit is refused
 # while it has waited less than this: its refusal then still comes within a second. At the start
 # of a storm of retrying clients on 2 cores the first slot freed 0.6 s after the queue had
@@ -114,8 +119,8 @@ class FairAdmission:
 
     Args:
         slots: Requests in the pipeline at once.
-        max_wait_s: Longest queueing time accepted: a request whose expected wait, times
-            ``WAIT_MARGIN``, is longer is refused.
+        max_wait_s: Longest queueing time accepted: a request whose expected wait (times
+            ``WAIT_MARGIN`` while overloaded) is longer is refused.
         initial_pipeline_s: The pipeline time assumed until a request has finished; the first
             one measured replaces it.
         clock: Monotonic seconds (tests pass their own).
@@ -151,6 +156,10 @@ class FairAdmission:
     def rate(self) -> float:
         """Requests per second this replica's full pipeline finishes (measured)."""
         return self.slots / max(self.pipeline_s, 1e-3)
+
+    def overloaded(self) -> bool:
+        """Whether a request was refused on arrival within the last ``OVERLOAD_S``."""
+        return self.clock() - self._refused_at <= OVERLOAD_S
 
     def calibration(self) -> float:
         """Real waits over expected ones, recently (1.0 until queued requests have measured it)."""
@@ -193,8 +202,8 @@ class FairAdmission:
             The monotonic time the slot was granted; pass it to :meth:`release`.
 
         Raises:
-            Overloaded: When the expected wait, times ``WAIT_MARGIN``, is over ``max_wait_s``
-                (nothing is queued); or within ``SHED_WINDOW_S`` of queueing, when a slot frees
+            Overloaded: When the expected wait (times ``WAIT_MARGIN`` while overloaded) is over
+                ``max_wait_s`` (nothing is queued); or within ``SHED_WINDOW_S`` of queueing, when a slot frees
                 and the estimate from its measure puts the request past the limit.
         """
         if self.inflight < self.slots and not self._waiting:
@@ -203,12 +212,12 @@ class FairAdmission:
             return self.clock()
         raw = self._raw_wait(org)
         wait = raw * self.calibration()
-        if wait * WAIT_MARGIN > self.max_wait_s:
+        if wait * (WAIT_MARGIN if self.overloaded() else 1.0) > self.max_wait_s:
             self._refused_at = self.clock()
             # back when the queue ahead has drained to what would be let in
             raise Overloaded(wait, max(1, math.ceil(wait - self.max_wait_s / WAIT_MARGIN)))
         # an estimate from the guess, before any measure, does not calibrate
-        longest = self.max_wait_s / (WAIT_MARGIN * self.calibration())
+        longest = self.max_wait_s / ((WAIT_MARGIN if self.overloaded() else 1.0) * self.calibration())
         expected = raw if self._measured and raw >= _CALIBRATION_MIN_SHARE * longest else None
         waiter = _Waiter(self._tag(org), next(self._seq), org, asyncio.get_running_loop().create_future(), self.clock(), expected)
         heapq.heappush(self._waiting, waiter)
@@ -252,7 +261,7 @@ class FairAdmission:
         limit, among those that have waited less than ``SHED_WINDOW_S``; only while requests
         are being refused on arrival (an overload), so that one slow request under a modest
         load, which lengthens the measure for a moment, does not turn queued requests away."""
-        if now - self._refused_at > SHED_WINDOW_S:
+        if not self.overloaded():
             return
         per_request = self.calibration() / self.rate()
         live = sorted(w for w in self._waiting if not w.future.done())

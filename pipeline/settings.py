@@ -293,7 +293,7 @@ class Settings(BaseModel):
         gt=0,
         le=600,
         **_doc(
-            "Longest wait in the ingress queue that a request is queued for; a request expected to wait longer (its place in the queue over the measured rate at which the pipeline finishes requests, calibrated by the waits queued requests really had, times 1.2 for the estimate's error) is refused at once with 503 `overloaded` and a `Retry-After` of when the queue should have room. Bounds the latency of admitted requests under overload.",
+            "Longest wait in the ingress queue that a request is queued for; a request expected to wait longer (its place in the queue over the measured rate at which the pipeline finishes requests, calibrated by the waits queued requests really had; times 1.2 for the estimate's error while requests are being refused) is refused at once with 503 `overloaded` and a `Retry-After` of when the queue should have room. Bounds the latency of admitted requests under overload.",
             "seconds",
         ),
     )

@@ -61,19 +61,29 @@ def test_a_request_expected_to_wait_too_long_is_refused_with_when_to_come_back()
     asyncio.run(scenario())
 
 
-def test_a_request_is_let_in_only_while_its_wait_with_the_margin_is_within_the_limit():
+def test_while_requests_are_refused_one_is_let_in_only_while_its_wait_with_the_margin_is_within_the_limit():
+    clock = Clock()
+
     async def scenario():
-        # finishes 1/s; the limit 5 s: with the margin, waits of up to 4 s are let in
-        admission = FairAdmission(slots=1, max_wait_s=5.0, initial_pipeline_s=1.0)
+        # finishes 1/s; the limit 5 s
+        admission = FairAdmission(slots=1, max_wait_s=5.0, initial_pipeline_s=1.0, clock=clock)
         await admission.acquire("acme")
         granted: list[str] = []
-        tasks = [await _queue(admission, "acme", granted) for _ in range(int(5.0 / WAIT_MARGIN))]
-        assert admission.queued == 4
+        tasks = [await _queue(admission, "acme", granted) for _ in range(5)]  # not overloaded: up to 5 s
+        with pytest.raises(Overloaded):
+            await admission.acquire("acme")  # 6 s: refused, and now the service is overloaded
+        for task in tasks[3:]:
+            task.cancel()
+        await asyncio.sleep(0)
+        tasks[3] = await _queue(admission, "acme", granted)  # 4 s x 1.2 is within the limit
         with pytest.raises(Overloaded) as refused:
-            await admission.acquire("acme")  # expected 5 s: within the limit, not with the margin
+            await admission.acquire("acme")  # 5 s: within the limit, not with the margin
         assert refused.value.expected_wait_s == pytest.approx(5.0)
         assert refused.value.retry_after_s == 1  # room once one more has left the queue
         assert admission.queued == 4
+        clock.now += 1.5  # a second and more without a refusal: the margin is off again
+        tasks[4] = await _queue(admission, "acme", granted)
+        assert admission.queued == 5
         for task in tasks:
             task.cancel()
 
@@ -97,10 +107,10 @@ def test_when_the_pipeline_slows_the_back_of_a_fresh_queue_is_refused_and_the_re
                 outcomes[k] = exc
 
         tasks = []
-        while admission.expected_wait("acme") * WAIT_MARGIN <= 5.0:  # the queue fills at once on 0.3 s
+        while admission.expected_wait("acme") <= 5.0:  # the queue fills at once on 0.3 s
             tasks.append(asyncio.create_task(wait(len(tasks))))
             await asyncio.sleep(0)
-        assert len(tasks) == 13
+        assert len(tasks) == 16
         with pytest.raises(Overloaded):  # the storm's other clients are refused on arrival
             await admission.acquire("acme")
         clock.now += 0.6  # the storm's CPU: the first slot frees after 0.6 s, not 0.3
@@ -110,7 +120,7 @@ def test_when_the_pipeline_slows_the_back_of_a_fresh_queue_is_refused_and_the_re
         assert outcomes[0] == "granted"
         # the estimate from the new measure (0.45 s) keeps those it can serve within the limit
         kept = admission.queued
-        assert refused == list(range(1 + kept, 13)) and kept >= 6
+        assert refused == list(range(1 + kept, 16)) and kept >= 6
         assert (0.6 + kept * admission.pipeline_s) * WAIT_MARGIN <= 5.0
         assert all(outcomes[k].retry_after_s >= 1 for k in refused)
         # once past the window, a queued request is no longer refused: it is served
@@ -165,7 +175,7 @@ def test_a_polite_organization_goes_before_a_floods_queue():
 
 def test_a_polite_organization_is_not_refused_while_another_floods():
     async def scenario():
-        admission = FairAdmission(slots=2, max_wait_s=3.0 * WAIT_MARGIN, initial_pipeline_s=1.0)  # 2/s
+        admission = FairAdmission(slots=2, max_wait_s=3.0, initial_pipeline_s=1.0)  # 2/s
         for _ in range(2):
             await admission.acquire("flood")
         granted: list[str] = []
@@ -227,7 +237,7 @@ def test_expected_waits_are_calibrated_by_the_waits_queued_requests_really_had()
     clock = Clock()
 
     async def scenario():
-        admission = FairAdmission(slots=1, max_wait_s=2.0 * WAIT_MARGIN, clock=clock)  # waits of 1 s: under half the limit
+        admission = FairAdmission(slots=1, max_wait_s=2.0, clock=clock)  # waits of 1 s: half the limit
         held = await admission.acquire("acme")
         clock.now += 1.0
         admission.release(held)  # the pipeline measured at 1 s
@@ -336,9 +346,9 @@ def test_a_burst_at_a_cold_service_queues_and_the_first_measure_replaces_the_gue
             await asyncio.sleep(0)
         assert admission.calibration() == 1.0
         tasks = [t for t in tasks if not t.done()]
-        while admission.expected_wait("acme") * WAIT_MARGIN <= 5.0:  # at 0.4 s each, room for 10
+        while admission.expected_wait("acme") <= 5.0:  # at 0.4 s each, room for 12 in the queue
             tasks.append(await _queue(admission, "acme", granted))
-        assert admission.queued == 10
+        assert admission.queued == 12
         with pytest.raises(Overloaded):
             await admission.acquire("acme")
         for task in tasks:
