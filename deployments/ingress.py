@@ -83,6 +83,11 @@ def _rate_limited(rpm: int, wait_s: float) -> CutoutError:
     )
 
 
+def _token_of(request: Request) -> str | None:
+    """The API token a request carries (``api_token`` or ``api-token``), if any."""
+    return next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), None)
+
+
 def request_id_of(request: Request) -> tuple[str, bool]:
     """The request's id, and whether it came from Serve's proxy.
 
@@ -278,8 +283,7 @@ class Ingress:
             await asyncio.sleep(delay)
 
     def _authenticate(self, request: Request) -> TokenRecord:
-        token = next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), None)
-        record = self.tokens.record(token)
+        record = self.tokens.record(_token_of(request))
         if record is None:
             raise unauthorized()
         return record
@@ -320,7 +324,7 @@ class Ingress:
         if scope.get("method") != "POST" or scope.get("path") != CUTOUT_ROUTE:
             return None
         request = Request(scope)
-        record = self.tokens.record(next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), None))
+        record = self.tokens.record(_token_of(request))
         if record is None:
             return None
         rpm = self._limit(record.rpm)

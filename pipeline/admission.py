@@ -210,14 +210,15 @@ class FairAdmission:
             self.inflight += 1
             self._let_in(self._tag(org))
             return self.clock()
-        raw = self._raw_wait(org)
-        wait = raw * self.calibration()
-        if wait * (WAIT_MARGIN if self.overloaded() else 1.0) > self.max_wait_s:
+        raw, calibration = self._raw_wait(org), self.calibration()
+        margin = WAIT_MARGIN if self.overloaded() else 1.0
+        wait = raw * calibration
+        if wait * margin > self.max_wait_s:
             self._refused_at = self.clock()
             # back when the queue ahead has drained to what would be let in
             raise Overloaded(wait, max(1, math.ceil(wait - self.max_wait_s / WAIT_MARGIN)))
         # an estimate from the guess, before any measure, does not calibrate
-        longest = self.max_wait_s / ((WAIT_MARGIN if self.overloaded() else 1.0) * self.calibration())
+        longest = self.max_wait_s / (margin * calibration)
         expected = raw if self._measured and raw >= _CALIBRATION_MIN_SHARE * longest else None
         waiter = _Waiter(self._tag(org), next(self._seq), org, asyncio.get_running_loop().create_future(), self.clock(), expected)
         heapq.heappush(self._waiting, waiter)

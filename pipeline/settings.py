@@ -298,11 +298,11 @@ class Settings(BaseModel):
         ),
     )
     overload_refusal_delay_s: float = Field(
-        0.5,
+        0.75,
         ge=0,
-        le=1,
+        le=0.9,
         **_doc(
-            "Most a refusal (429 or 503) is held before it is answered when refusals come faster than the service's budget (4 per image it finishes a second, at least 5/s): a client that retries without waiting for `Retry-After` then costs a few requests a second instead of the CPU that admitted requests need. Clients that honour `Retry-After` are answered at once. 0 = never held.",
+            "Most a refusal (429 or 503) is held before it is answered when refusals come faster than the service's budget (4 per image it finishes a second, at least 5/s): a client that retries without waiting for `Retry-After` then costs a few requests a second instead of the CPU that admitted requests need (0.75 against 0.5: a quarter fewer refusals to answer in a storm of 32 such clients on 2 cores, docs/benchmarks.md); at most 0.9, so that every refusal is answered within a second. Clients that honour `Retry-After` are answered at once. 0 = never held.",
             "seconds",
         ),
     )
