@@ -239,10 +239,13 @@ def measure(data, duration_s: float) -> dict:
         r["unloaded"] = asyncio.run(closed_loop(client, svc.token, 1, duration_s, requests=20))
         # 4 and 8 clients take turns, ROUNDS each, so that the machine's drift (other tenants)
         # falls on both alike: both keep the pipeline full, and their ratio is the finding
-        r["c4"], r["c8"] = Run(), Run()
+        r["c4"], r["c8"], r["rounds"] = Run(), Run(), {4: [], 8: []}
         for _ in range(ROUNDS):
             for clients in (4, 8):
-                asyncio.run(closed_loop(client, svc.token, clients, duration_s / ROUNDS, run=r[f"c{clients}"]))
+                run = r[f"c{clients}"]
+                ok, wall = len(run.ok()), run.wall
+                asyncio.run(closed_loop(client, svc.token, clients, duration_s / ROUNDS, run=run))
+                r["rounds"][clients].append((len(run.ok()) - ok) / (run.wall - wall))
         spent = tokens.create_token(token_file, "spent", rpm=1)
         cpu = role_cpu(watch)
         r["refusals"] = asyncio.run(refusals_only(client, spent, 300))
@@ -318,6 +321,8 @@ def report(r: dict, duration_s: float) -> str:
         line("32 clients retrying at once", storm, capacity),
         line(f"open loop at 4x capacity ({4 * capacity:.1f}/s)", open_, capacity),
         "",
+        f"- 4 and 8 clients by round, images/s: {' / '.join(f'{g:.2f}' for g in r['rounds'][4])} and "
+        f"{' / '.join(f'{g:.2f}' for g in r['rounds'][8])}.",
         f"- Organization at 40/min, 60 requests 8 at a time: {_statuses(limited.statuses('limited'))}; "
         f"{sum(o.retry_after for o in limited.refused('limited'))} refusals with Retry-After. "
         f"The other organization's 5 sequential requests meanwhile: {_statuses(limited.statuses('polite'))}.",
