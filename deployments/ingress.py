@@ -83,6 +83,15 @@ def _rate_limited(rpm: int, wait_s: float) -> CutoutError:
     )
 
 
+def _overloaded(exc: Overloaded) -> CutoutError:
+    return unavailable(
+        "The service is at capacity; try again shortly.",
+        retry_after=exc.retry_after_s,
+        internal=f"ingress at capacity ({exc})",
+        reason="overloaded",
+    )
+
+
 def _token_of(request: Request) -> str | None:
     """The API token a request carries (``api_token`` or ``api-token``), if any."""
     return next((request.headers[h] for h in TOKEN_HEADERS if h in request.headers), None)
@@ -260,12 +269,7 @@ class Ingress:
                 reason="overloaded",
             ) from None
         except Overloaded as exc:
-            raise unavailable(
-                "The service is at capacity; try again shortly.",
-                retry_after=exc.retry_after_s,
-                internal=f"ingress at capacity ({exc})",
-                reason="overloaded",
-            ) from None
+            raise _overloaded(exc) from None
         try:
             yield 1000.0 * (time.monotonic() - asked)
         finally:
@@ -297,6 +301,11 @@ class Ingress:
         """429 with ``Retry-After`` when ``org`` is over ``rpm``; a refused organization is
         answered here, without a hop to the shared limiter, until its wait is over.
 
+        Before the hop, 503 ``overloaded`` when admission would refuse the request on arrival
+        anyway: a request the service has no room for costs no hop and does not spend its
+        organization's limit (clients retrying into a full service would otherwise be told
+        that they are over a limit of which they were served a fraction).
+
         When the shared limiter does not answer (its replica died and Serve is starting another),
         this replica applies the same limit on its own buckets: requests are neither refused
         for it nor let through unlimited; the limit holds per ingress replica meanwhile.
@@ -305,6 +314,10 @@ class Ingress:
             return
         wait = self.denials.wait(org)
         if wait <= 0:
+            try:
+                self.admission.check(org)
+            except Overloaded as exc:
+                raise _overloaded(exc) from None
             try:
                 wait = await asyncio.wait_for(self.limiter.acquire.remote(org, rpm), timeout=LIMITER_TIMEOUT_S)
             except Exception as exc:
@@ -319,8 +332,9 @@ class Ingress:
     async def _early_answer(self, scope: dict[str, Any]) -> Response | None:
         """The answer to a request that memory alone settles, given by the HTTP server's
         middleware before Serve's request path (:func:`deployments.proxy.answer_early_with`):
-        the 429 for a cutout request of an organization that the shared limiter refused and
-        whose wait is not over. None for every other request, which goes on as usual."""
+        for a cutout request, the 429 of an organization that the shared limiter refused and
+        whose wait is not over, else the 503 of a request that admission would refuse on
+        arrival. None for every other request, which goes on as usual."""
         if scope.get("method") != "POST" or scope.get("path") != CUTOUT_ROUTE:
             return None
         request = Request(scope)
@@ -329,14 +343,22 @@ class Ingress:
             return None
         rpm = self._limit(record.rpm)
         wait = self.denials.wait(record.org) if rpm > 0 else 0.0
-        if wait <= 0:
-            return None
+        if wait > 0:
+            refusal = _rate_limited(rpm, wait)
+        else:
+            try:
+                self.admission.check(record.org)
+                return None
+            except Overloaded as exc:
+                refusal = _overloaded(exc)
         started = time.monotonic()
         request_id, _ = request_id_of(request)
-        error = to_cutout_error(_rate_limited(rpm, wait), request_id)
+        error = to_cutout_error(refusal, request_id)
         await self._pace(error, 0.0)
         total_ms = 1000 * (time.monotonic() - started)
-        self.reporter.report(AccessRecord(request_id, "POST", CUTOUT_ROUTE, 429, total_ms, record.org, None, error.reason, {}))
+        self.reporter.report(
+            AccessRecord(request_id, "POST", CUTOUT_ROUTE, error.status, total_ms, record.org, None, error.reason, {})
+        )
         return error_response(error, request_id)  # Serve's request path, which adds the id, is skipped
 
     async def _read_body(self, request: Request) -> bytes:

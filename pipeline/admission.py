@@ -210,13 +210,7 @@ class FairAdmission:
             self.inflight += 1
             self._let_in(self._tag(org))
             return self.clock()
-        raw, calibration = self._raw_wait(org), self.calibration()
-        margin = WAIT_MARGIN if self.overloaded() else 1.0
-        wait = raw * calibration
-        if wait * margin > self.max_wait_s:
-            self._refused_at = self.clock()
-            # back when the queue ahead has drained to what would be let in
-            raise Overloaded(wait, max(1, math.ceil(wait - self.max_wait_s / WAIT_MARGIN)))
+        raw, calibration, margin = self._refuse_if_too_long(org)
         # an estimate from the guess, before any measure, does not calibrate
         longest = self.max_wait_s / (margin * calibration)
         expected = raw if self._measured and raw >= _CALIBRATION_MIN_SHARE * longest else None
@@ -230,6 +224,30 @@ class FairAdmission:
             else:
                 waiter.future.cancel()  # left in the heap, skipped when its turn comes
             raise
+
+    def check(self, org: str) -> None:
+        """Refuse now what :meth:`acquire` would refuse on arrival, without queueing anything:
+        the ingress asks this before the rate limiter, so that a request the service has no
+        room for neither costs the limiter's hop nor spends its organization's rate limit.
+
+        Raises:
+            Overloaded: As :meth:`acquire` on arrival (and the refusal counts as one).
+        """
+        if self.inflight < self.slots and not self._waiting:
+            return
+        self._refuse_if_too_long(org)
+
+    def _refuse_if_too_long(self, org: str) -> tuple[float, float, float]:
+        """The raw expected wait of ``org``'s arrival, the calibration and the margin in force;
+        Overloaded (and the service marked overloaded) when the wait is past the limit."""
+        raw, calibration = self._raw_wait(org), self.calibration()
+        margin = WAIT_MARGIN if self.overloaded() else 1.0
+        wait = raw * calibration
+        if wait * margin > self.max_wait_s:
+            self._refused_at = self.clock()
+            # back when the queue ahead has drained to what would be let in
+            raise Overloaded(wait, max(1, math.ceil(wait - self.max_wait_s / WAIT_MARGIN)))
+        return raw, calibration, margin
 
     def release(self, granted_at: float, measure: bool = True) -> None:
         """Give a slot back and hand it to the waiting request with the smallest tag.

@@ -355,3 +355,25 @@ def test_a_burst_at_a_cold_service_queues_and_the_first_measure_replaces_the_gue
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_check_refuses_what_an_arrival_would_be_refused_and_queues_nothing():
+    clock = Clock()
+
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=2.0, initial_pipeline_s=1.0, clock=clock)  # 1/s
+        admission.check("acme")  # a free slot
+        await admission.acquire("acme")
+        granted: list[str] = []
+        tasks = [await _queue(admission, "acme", granted)]  # waits 1 s
+        admission.check("acme")  # would wait 2 s: within the limit
+        assert not admission.overloaded()
+        tasks.append(await _queue(admission, "acme", granted))
+        with pytest.raises(Overloaded) as refused:
+            admission.check("acme")  # would wait 3 s
+        assert refused.value.retry_after_s >= 1 and admission.overloaded() and admission.queued == 2
+        admission.check("polite")  # another organization goes before the queue: 1 s
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())

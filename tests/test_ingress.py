@@ -98,11 +98,12 @@ def test_when_the_expected_wait_is_too_long_the_answer_is_503_before_the_body_is
     )
     token = tokens.create_token(settings.tokens_file, "acme")
     ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(5)])
+    ingress.admission.pipeline_s = 1.0  # measured: a request takes 1 s in the pipeline
     body_read: list[bool] = []
 
     async def go():
-        async with ingress._admit("acme"):  # one request in the pipeline, expected to take 1 s
-            return await _cutout_call(ingress, token, body_read)
+        async with ingress._admit("acme"):  # one request in the pipeline: the next would wait 1 s
+            return await asyncio.wait_for(_cutout_call(ingress, token, body_read), timeout=5)  # at once, not at the timeout
 
     response = asyncio.run(go())
     assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
@@ -132,6 +133,65 @@ def test_an_organization_over_its_limit_gets_429_even_when_the_pipeline_is_full(
         assert response.status_code == 429 and response.headers["retry-after"] in ("7", "8")
         assert json.loads(response.body)["error"]["reason"] == "rate_limited"
     assert not body_read
+
+
+class _CountingLimiter(FakeHandle):
+    """The shared limiter, which lets everything through and counts what it is asked."""
+
+    def __init__(self) -> None:
+        super().__init__(True)
+        self.asked: list[str] = []
+        outer = self
+
+        class _Acquire:
+            def remote(self, org, rpm):
+                outer.asked.append(org)
+                return _Method(0.0).remote()
+
+        self.acquire = _Acquire()
+
+
+def test_a_request_the_full_service_would_refuse_spends_no_rate_limit(tmp_path):
+    from deployments import proxy
+    from pipeline import tokens
+
+    settings = load_settings({"data_dir": str(tmp_path), "ingress_max_inflight": 1, "admission_max_wait_s": 0.5}, environ={})
+    token = tokens.create_token(settings.tokens_file, "acme")
+    limiter = _CountingLimiter()
+    ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(4)], limiter)
+    ingress.admission.pipeline_s = 1.0  # measured: a request takes 1 s in the pipeline
+    sent: list[dict] = []
+
+    async def serve_request_path(scope, receive, send):
+        raise AssertionError("answered by the HTTP server's hook")
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        raise AssertionError("the body is not read")
+
+    async def go():
+        async with ingress._admit("other"):  # the pipeline is full: the next would wait 1 s, past 0.5
+            answered = await asyncio.wait_for(_cutout_call(ingress, token, []), timeout=5)
+            scope = {"type": "http", "method": "POST", "path": "/product/cutout", "query_string": b""}
+            scope["headers"] = [(b"api_token", token.encode())]
+            await proxy.EarlyAnswer(serve_request_path)(scope, receive, send)
+            return answered
+
+    try:
+        answered = asyncio.run(go())
+    finally:
+        proxy.answer_early_with(None)
+    # refused for capacity, on Serve's request path and by the hook alike, without asking the limiter
+    assert answered.status_code == 503 and json.loads(answered.body)["error"]["reason"] == "overloaded"
+    start, body = sent
+    assert start["status"] == 503 and dict(start["headers"])[b"retry-after"]
+    assert json.loads(body["body"])["error"]["reason"] == "overloaded"
+    assert limiter.asked == []
+    # with room again, the limiter is asked (and its limit spent) once per request
+    asyncio.run(_cutout_call(ingress, token, []))
+    assert limiter.asked == ["acme"]
 
 
 def test_a_refused_organization_is_answered_429_by_the_http_server_before_serves_request_path(tmp_path):
