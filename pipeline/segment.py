@@ -93,6 +93,7 @@ class Segmenter:
             if self.device_type == "cpu"
             else None
         )
+        self._started = False  # whether a CPU forward has run (see _forward)
 
     def warm_up(self, batch_size: int) -> None:
         """Run every layout :meth:`predict` uses for batches up to ``batch_size`` once (a lone
@@ -123,9 +124,16 @@ class Segmenter:
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         if self._workers is None:
             return self._runner.run(batch, 0)
-        parts = [
-            self._workers.submit(self._runner.run, batch[rows], share) for rows, share in split_threads(len(batch), self.threads)
-        ]
+        parts = []
+        for rows, share in split_threads(len(batch), self.threads):
+            parts.append(self._workers.submit(self._runner.run, batch[rows], share))
+            if not self._started:
+                # The first forward's first part runs alone: OpenVINO's Python binding sets up
+                # shared state on its first inference, and two threads making that first call
+                # at once deadlocked (one holding the set-up's guard and waiting for the GIL,
+                # the other holding the GIL and waiting for the guard; seen in a test run).
+                parts[0].result()
+                self._started = True
         return np.concatenate([p.result() for p in parts]).astype(np.float32, copy=False)
 
 

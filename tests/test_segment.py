@@ -151,6 +151,36 @@ def test_openvino_runs_images_side_by_side_at_once_not_in_turn(engines):
     assert layouts == {2: (1, 2), 1: (2, 2)}
 
 
+def test_the_first_cpu_forward_runs_its_first_part_alone_then_parts_run_side_by_side(tmp_path):
+    # OpenVINO's Python binding sets up shared state on its first inference; two threads making
+    # that first call at once deadlocked now and then (3 fresh processes in 52 here, 0 in 80
+    # with the first part run alone). The engine is a stand-in that records when each part runs.
+    import threading
+    import time
+
+    class Recording:
+        spans: list[tuple[float, float]] = []
+        lock = threading.Lock()
+
+        def run(self, batch, threads):
+            start = time.perf_counter()
+            time.sleep(0.05)
+            with self.lock:
+                self.spans.append((start, time.perf_counter()))
+            return np.zeros((len(batch), 320, 320), np.float32)
+
+    segmenter = Segmenter("u2netp", "cpu", tmp_path, threads=2, engine="openvino")
+    segmenter._runner = runner = Recording()
+    batch = np.zeros((2, 320, 320, 3), np.uint8)
+    assert segmenter.predict(batch).shape == (2, 320, 320)
+    (a_start, a_end), (b_start, _) = sorted(runner.spans)
+    assert b_start >= a_end  # the first forward: one part after the other
+    runner.spans.clear()
+    segmenter.predict(batch)
+    (a_start, a_end), (b_start, _) = sorted(runner.spans)
+    assert b_start < a_end  # afterwards side by side
+
+
 def test_openvino_compiles_once_into_the_cache_and_starts_from_it(tmp_path):
     batch = np.random.default_rng(1).integers(0, 256, (1, 320, 320, 3), dtype=np.uint8)
     first = Segmenter("u2netp", "cpu", tmp_path, threads=1, engine="openvino")
