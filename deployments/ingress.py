@@ -312,22 +312,31 @@ class Ingress:
         """
         if rpm <= 0:
             return
-        wait = self.denials.wait(org)
-        if wait <= 0:
-            try:
-                self.admission.check(org)
-            except Overloaded as exc:
-                raise _overloaded(exc) from None
-            try:
-                wait = await asyncio.wait_for(self.limiter.acquire.remote(org, rpm), timeout=LIMITER_TIMEOUT_S)
-            except Exception as exc:
-                logger.warning("the rate limiter is unavailable (%s); limiting on this replica", type(exc).__name__)
-                wait = self.local_limits.acquire(org, rpm)
-            if wait > 0:
-                # as long as the Retry-After it is told: a client honouring it is not back sooner
-                self.denials.deny(org, retry_after_header(wait))
+        refusal = self._refusal_from_memory(org, rpm)
+        if refusal is not None:
+            raise refusal
+        try:
+            wait = await asyncio.wait_for(self.limiter.acquire.remote(org, rpm), timeout=LIMITER_TIMEOUT_S)
+        except Exception as exc:
+            logger.warning("the rate limiter is unavailable (%s); limiting on this replica", type(exc).__name__)
+            wait = self.local_limits.acquire(org, rpm)
         if wait > 0:
+            # as long as the Retry-After it is told: a client honouring it is not back sooner
+            self.denials.deny(org, retry_after_header(wait))
             raise _rate_limited(rpm, wait)
+
+    def _refusal_from_memory(self, org: str, rpm: int) -> CutoutError | None:
+        """The refusal this replica can give without the limiter's hop, in order: the 429 of an
+        organization the limiter refused whose wait is not over, then the 503 of a request that
+        admission would refuse on arrival; None when the limiter must be asked."""
+        wait = self.denials.wait(org) if rpm > 0 else 0.0
+        if wait > 0:
+            return _rate_limited(rpm, wait)
+        try:
+            self.admission.check(org)
+        except Overloaded as exc:
+            return _overloaded(exc)
+        return None
 
     async def _early_answer(self, scope: dict[str, Any]) -> Response | None:
         """The answer to a request that memory alone settles, given by the HTTP server's
@@ -341,16 +350,9 @@ class Ingress:
         record = self.tokens.record(_token_of(request))
         if record is None:
             return None
-        rpm = self._limit(record.rpm)
-        wait = self.denials.wait(record.org) if rpm > 0 else 0.0
-        if wait > 0:
-            refusal = _rate_limited(rpm, wait)
-        else:
-            try:
-                self.admission.check(record.org)
-                return None
-            except Overloaded as exc:
-                refusal = _overloaded(exc)
+        refusal = self._refusal_from_memory(record.org, self._limit(record.rpm))
+        if refusal is None:
+            return None
         started = time.monotonic()
         request_id, _ = request_id_of(request)
         error = to_cutout_error(refusal, request_id)
