@@ -28,7 +28,7 @@ from deployments.accesslog import RequestReporter
 from deployments.errors import lost_object, replica_lost, to_cutout_error
 from pipeline import removebg, web
 from pipeline.accesslog import AccessRecord
-from pipeline.admission import FairAdmission, Overloaded, RefusalPacer
+from pipeline.admission import FairAdmission, Overloaded, RefusalPacer, Slot
 from pipeline.cache import CacheRequest, cache_state, hit_body
 from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
 from pipeline.ratelimit import DenialCache, TokenBuckets, retry_after_header
@@ -157,13 +157,13 @@ class Ingress:
                 org = record.org
                 # the rate limit first: an organization over it never takes a pipeline slot
                 await self._rate_limit(org, self._limit(record.rpm))
-                async with self._admit(org) as waited:  # queued, or 503 before the body is read
+                async with self._admit(org) as slot:  # queued, or 503 before the body is read
                     body = await self._read_body(request)
                     # a 16 MB JSON body takes tens of ms to parse: not on the event loop
                     parsed = await asyncio.to_thread(parse_body, body) if len(body) > 65536 else parse_body(body)
                     sku = parsed.sku
-                    result, timings = await self._run(org, parsed, request_id)
-                timings = {"admission": waited, **timings}
+                    result, timings = await self._run(org, parsed, request_id, slot=slot)
+                timings = {"admission": slot.waited_ms, **timings}
                 timings["total"] = 1000 * (time.monotonic() - started)
                 headers = {"Server-Timing": server_timing(timings), **({"X-Request-Id": header_id} if header_id else {})}
                 if cache_state(timings):
@@ -232,10 +232,10 @@ class Ingress:
         parsed = None
         try:
             await self._rate_limit(org, self._limit(self.tokens.org_rpm(org)))
-            async with self._admit(org) as waited:
+            async with self._admit(org) as slot:
                 parsed = parse_fields(fields)
-                body, timings = await self._run(org, parsed, request_id)
-            timings = {"admission": waited, **timings}
+                body, timings = await self._run(org, parsed, request_id, slot=slot)
+            timings = {"admission": slot.waited_ms, **timings}
             timings["total"] = 1000 * (time.monotonic() - started)
             self.reporter.report(
                 AccessRecord(request_id, "CALL", "handle", 200, timings["total"], org, parsed.sku, None, timings)
@@ -249,9 +249,10 @@ class Ingress:
             raise error from None
 
     @contextlib.asynccontextmanager
-    async def _admit(self, org: str) -> AsyncIterator[float]:
+    async def _admit(self, org: str) -> AsyncIterator[Slot]:
         """Hold one of this replica's pipeline slots, waiting in the fair queue; yields the
-        milliseconds waited (``admission`` in ``Server-Timing``).
+        slot (its ``waited_ms`` is ``admission`` in ``Server-Timing``), which the pipeline hands
+        on to the next request once the segmenter has answered (:class:`Slot`).
 
         Refused with 503 ``overloaded`` only when the expected wait is over
         ``CUTOUT_ADMISSION_MAX_WAIT_S``; ``Retry-After`` says when the queue should have room.
@@ -270,10 +271,11 @@ class Ingress:
             ) from None
         except Overloaded as exc:
             raise _overloaded(exc) from None
+        slot = Slot(self.admission, granted, 1000.0 * (time.monotonic() - asked))
         try:
-            yield 1000.0 * (time.monotonic() - asked)
+            yield slot
         finally:
-            self.admission.release(granted)
+            slot.close()
 
     async def _pace(self, error: CutoutError, elapsed_s: float) -> None:
         """Hold a refusal (429/503) a little when refusals come faster than the budget: a client
@@ -388,10 +390,10 @@ class Ingress:
                 raise unauthorized()
             rpm = self._limit(record.rpm)
             await self._rate_limit(record.org, rpm)
-            async with self._admit(record.org):
+            async with self._admit(record.org) as slot:
                 body = await self._read_body(request)
                 parsed = await asyncio.to_thread(removebg.parse, request.headers.get("content-type", ""), body)
-                result, timings = await self._run(record.org, parsed.cutout, request_id, return_bytes=True)
+                result, timings = await self._run(record.org, parsed.cutout, request_id, return_bytes=True, slot=slot)
             reply = removebg.answer(parsed, result, request.headers.get("accept", ""), rpm, cache_state(timings), header_id)
         except Exception as exc:
             error = to_cutout_error(exc, request_id)
@@ -400,17 +402,18 @@ class Ingress:
         return Response(reply.body, status_code=reply.status, headers=reply.headers, media_type=reply.media_type)
 
     async def _run(
-        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False
+        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False, slot: Slot | None = None
     ) -> tuple[dict[str, Any], Timings]:
         try:
             return await asyncio.wait_for(
-                self._pipeline_retrying_lost_images(org, req, request_id, return_bytes), timeout=self.settings.request_timeout_s
+                self._pipeline_retrying_lost_images(org, req, request_id, return_bytes, slot),
+                timeout=self.settings.request_timeout_s,
             )
         except asyncio.TimeoutError:
             raise unavailable("The request took too long; try again.", retry_after=5, internal="request timeout") from None
 
     async def _pipeline_retrying_lost_images(
-        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False
+        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False, slot: Slot | None = None
     ) -> tuple[dict[str, Any], Timings]:
         """The pipeline, run once more when the stored image was lost between stages, or when
         the replica of an idempotent stage died during the call.
@@ -420,21 +423,28 @@ class Ingress:
         uploader reads it (``ReferenceCountingAssertionError``: the fetcher owns the object and
         the ingress only borrows it); the object is also lost when the fetcher's replica dies.
         A replica that dies in the upload is not run again (it may have stored the result):
-        that request is answered 503 with ``Retry-After``.
+        that request is answered 503 with ``Retry-After``. A run again after the slot was
+        handed on does not queue for one again (rare: it would wait behind the queue it left).
         """
         reached: list[str] = []
         try:
-            return await self._pipeline(org, req, request_id, return_bytes, reached)
+            return await self._pipeline(org, req, request_id, return_bytes, reached, slot)
         except Exception as exc:
             died = replica_lost(exc) and bool(reached) and reached[-1] in IDEMPOTENT_STAGES
             if not (lost_object(exc) or died):
                 raise
             what = "a stage's replica died" if died else "the stored image was lost between stages"
             logger.warning("request %s: %s (%s); running it once more", request_id, what, type(exc).__name__)
-        return await self._pipeline(org, req, request_id, return_bytes, [])
+        return await self._pipeline(org, req, request_id, return_bytes, [], slot)
 
     async def _pipeline(
-        self, org: str, req: CutoutRequest, request_id: str, return_bytes: bool = False, reached: list[str] | None = None
+        self,
+        org: str,
+        req: CutoutRequest,
+        request_id: str,
+        return_bytes: bool = False,
+        reached: list[str] | None = None,
+        slot: Slot | None = None,
     ) -> tuple[dict[str, Any], Timings]:
         # The decoded image stays in Ray's object store: the fetcher returns a reference to it
         # and the model-sized input; the reference goes on to the moderator and uploader, and
@@ -442,7 +452,9 @@ class Ingress:
         # answer, a model-sized mask, comes back here and goes on to the uploader by value.
         # The fetcher also looks the result up in the result cache (pipeline/cache.py): a hit
         # answers with the stored result and runs nothing else. ``reached`` names the stage
-        # being called, for the retry above.
+        # being called, for the retry above. Once the segmenter has answered, the pipeline
+        # slot passes to the next request (``slot.hand_on``), whose fetch and forward then run
+        # while this one's cutout is composed, encoded and stored.
         reached = [] if reached is None else reached
         reached.append("fetch")
         quality = req.quality or self.settings.default_quality
@@ -456,6 +468,8 @@ class Ingress:
             await self.moderator.check_input.remote(fetched.image)
         reached.append("segment")
         segmentation = await self.segmenter.segment.remote(fetched.model_input, quality)
+        if slot is not None:
+            await slot.hand_on()
         options = CutoutOptions(
             org, req.sku, req.force_rmbg, req.preserve_alpha, request_id, req.output, fetched.cache_name, return_bytes, quality
         )

@@ -9,7 +9,9 @@ request with the smallest tag, the earliest arrival among equals. An organizatio
 runs its tags ahead of the virtual time, one per request it has queued; an organization that
 sends one request at a time gets the virtual time now as its tag and goes next: it waits only
 for a slot to free, never behind the flood's queue. Alone on the service, an organization
-still uses every slot: the policy wastes no capacity.
+still uses every slot: the policy wastes no capacity. A request holds its slot until the model
+is done with it and then hands it on (:class:`Slot`), so that the next image's forward does not
+wait for this one's cutout to be stored.
 
 A request is refused (503 ``overloaded``) only when its *expected* wait exceeds ``max_wait_s``
 (while the service is overloaded, taken with a margin for the estimate's error). The expected wait is the number of requests that would go before it, plus one,
@@ -147,6 +149,7 @@ class FairAdmission:
         self._waited = self._expected = 0.0  # decayed sums of real and expected waits
         self._measured = False
         self._refused_at = -math.inf  # when a request was last refused on arrival
+        self._finishing: asyncio.Semaphore | None = None  # room among requests past their forward (Slot)
 
     @property
     def queued(self) -> int:
@@ -290,6 +293,58 @@ class FairAdmission:
             if waited < SHED_WINDOW_S and (waited + left) * WAIT_MARGIN > self.max_wait_s:
                 retry_after = max(1, math.ceil(left - self.max_wait_s / WAIT_MARGIN))
                 waiter.future.set_exception(Overloaded(waited + left, retry_after))
+
+
+class Slot:
+    """A request's pipeline slot, handed on to the next request once the model is done with it.
+
+    The request holds the slot from admission through its forward; then :meth:`hand_on` waits
+    for room among the requests that are finishing (compose, encode, store: at most ``slots``
+    at once per replica) and passes the slot on. The next image's fetch and forward then run
+    while this one is finished, and a finishing stage that falls behind (large images) holds
+    the slots back instead of letting work pile up behind it: a replica never has more than
+    twice ``slots`` requests past admission. The pipeline time that admission measures is the
+    time a slot is held, the wait for room to finish included.
+
+    Args:
+        admission: Where the slot came from.
+        granted_at: What :meth:`FairAdmission.acquire` returned.
+        waited_ms: How long the request queued for it (``admission`` in ``Server-Timing``).
+    """
+
+    def __init__(self, admission: FairAdmission, granted_at: float, waited_ms: float = 0.0) -> None:
+        self.admission = admission
+        self.waited_ms = waited_ms
+        self._granted: float | None = granted_at
+        self._finishing = False
+
+    @property
+    def held(self) -> bool:
+        """Whether this request still holds its pipeline slot."""
+        return self._granted is not None
+
+    async def hand_on(self) -> None:
+        """The forward is done: wait for room to finish, then give the slot to the next request
+        (a no-op after the first call)."""
+        if self._granted is None:
+            return
+        admission = self.admission
+        if admission._finishing is None:
+            admission._finishing = asyncio.Semaphore(admission.slots)
+        await admission._finishing.acquire()
+        self._finishing = True
+        granted, self._granted = self._granted, None
+        admission.release(granted)
+
+    def close(self) -> None:
+        """The request is answered: give back whatever it still holds."""
+        if self._granted is not None:
+            granted, self._granted = self._granted, None
+            self.admission.release(granted)
+        if self._finishing:
+            self._finishing = False
+            assert self.admission._finishing is not None
+            self.admission._finishing.release()
 
 
 class RefusalPacer:

@@ -284,7 +284,7 @@ class Settings(BaseModel):
         ge=1,
         le=100000,
         **_doc(
-            "Cutout requests one ingress replica lets into the pipeline at once; more wait in a fair queue (start-time fair queueing over organizations; docs/api.md, Admission). Enough to keep the segmenters busy and no more: more only lengthens the queues inside the stages, where the fair order does not hold (serve_config.yaml sets 1 for `make serve`, where the ingress answers HTTP itself: a polite organization beside a flood then waits behind one image, not two; 2 through Serve's HTTP proxy gave the same 4-client throughput as 3; docs/benchmarks.md; see cluster/serve_config.gpu.yaml).",
+            "Cutout requests one ingress replica lets into the pipeline at once, each until the segmenter has answered it (then it hands its slot on while its cutout is stored, with at most this many being stored at once); more wait in a fair queue (start-time fair queueing over organizations; docs/api.md, Admission). Enough to keep the segmenters busy and no more: more only lengthens the queues inside the stages, where the fair order does not hold (serve_config.yaml sets 1 for `make serve`, where the ingress answers HTTP itself: a polite organization beside a flood then waits behind one image, not two; 2 through Serve's HTTP proxy gave the same 4-client throughput as 3; docs/benchmarks.md; see cluster/serve_config.gpu.yaml).",
             "requests",
         ),
     )

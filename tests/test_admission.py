@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pipeline.admission import SHED_WINDOW_S, WAIT_MARGIN, FairAdmission, Overloaded, RefusalPacer
+from pipeline.admission import SHED_WINDOW_S, WAIT_MARGIN, FairAdmission, Overloaded, RefusalPacer, Slot
 from pipeline.ratelimit import DenialCache
 
 
@@ -301,6 +301,55 @@ def test_a_cancelled_waiter_leaves_the_queue_and_a_granted_one_passes_its_slot_o
         await asyncio.sleep(0)
         assert granted == ["c"] and admission.inflight == 1
         second.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_segmented_request_hands_its_slot_on_and_finishing_is_bounded_too():
+    clock = Clock()
+
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=60.0, initial_pipeline_s=1.0, clock=clock)
+        first = Slot(admission, await admission.acquire("acme"))
+        granted: list[str] = []
+        second_waits = await _queue(admission, "acme", granted)
+        clock.now += 0.3  # the first request's forward takes 0.3 s
+        await first.hand_on()
+        await asyncio.sleep(0)
+        # the next request is let in while the first is still being finished
+        assert granted == ["acme"] and not first.held
+        assert admission.pipeline_s == pytest.approx(0.3)  # the time a slot was held: up to the forward
+        await second_waits
+        second = Slot(admission, clock.now)
+        third_waits = await _queue(admission, "acme", granted)
+        # the second is segmented too, but the first still finishes: the second keeps its slot
+        hand_on = asyncio.create_task(second.hand_on())
+        await asyncio.sleep(0)
+        assert second.held and not hand_on.done() and granted == ["acme"]
+        first.close()  # the first answered: room to finish, the slot goes on to the third
+        await hand_on
+        await third_waits
+        assert granted == ["acme", "acme"] and not second.held
+        await second.hand_on()  # a second call changes nothing
+        second.close()
+        third = Slot(admission, clock.now)
+        await third.hand_on()  # room to finish at once
+        third.close()
+        assert admission.inflight == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_fails_before_its_forward_gives_its_slot_back():
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=60.0, initial_pipeline_s=1.0)
+        slot = Slot(admission, await admission.acquire("acme"))
+        slot.close()  # e.g. a 422 from the fetcher: never segmented
+        slot.close()
+        assert admission.inflight == 0
+        again = Slot(admission, await admission.acquire("acme"))
+        await asyncio.wait_for(again.hand_on(), 1.0)  # nothing left holding room to finish
+        again.close()
 
     asyncio.run(scenario())
 

@@ -342,6 +342,60 @@ def test_a_replica_dying_in_the_create_only_upload_is_not_run_again(tmp_path):
     assert uploader.finish.calls == 1 and fetcher.load.calls == 1
 
 
+class _Recorded:
+    """A handle method that records its calls in ``log`` and answers when ``gate`` (if any) opens."""
+
+    def __init__(self, name, log, answer, gate=None):
+        self.name, self.log, self.answer, self.gate = name, log, answer, gate
+
+    def remote(self, *args, **kwargs):
+        async def go():
+            self.log.append(self.name)
+            if self.gate is not None:
+                await self.gate.wait()
+            return self.answer
+
+        return go()
+
+
+def test_the_next_request_is_let_in_once_the_segmenter_has_answered_not_after_the_upload(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.request import parse_fields
+
+    async def scenario():
+        log: list[str] = []
+        uploaded = asyncio.Event()
+        loaded = SimpleNamespace(image="ref", model_input="input", cached=None, cache_name=None)
+        ingress, *_ = _graph(
+            tmp_path,
+            load=_Recorded("load", log, loaded),
+            segment=_Recorded("segment", log, "mask"),
+            finish=_Recorded("finish", log, ({"result_url": "u"}, {}), gate=uploaded),
+        )
+        ingress.admission = type(ingress.admission)(slots=1, max_wait_s=60.0)
+
+        async def request():
+            async with ingress._admit("acme") as slot:
+                return await ingress._run("acme", parse_fields({"file": "x"}), "rid", slot=slot)
+
+        first = asyncio.create_task(request())
+        second = asyncio.create_task(request())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        # the first is uploading (held back by the gate); the second ran its fetch and forward meanwhile
+        assert log == ["load", "segment", "finish", "load", "segment"]
+        assert not first.done() and ingress.admission.inflight == 1
+        # the second waits for room to finish while the first's upload runs: never two uploads at once
+        assert log.count("finish") == 1
+        uploaded.set()
+        assert (await first)[0] == {"result_url": "u"} and (await second)[0] == {"result_url": "u"}
+        assert log == ["load", "segment", "finish", "load", "segment", "finish"]
+        assert ingress.admission.inflight == 0
+
+    asyncio.run(scenario())
+
+
 def test_a_dead_rate_limiter_fails_open_to_the_same_limit_held_by_each_ingress_replica(tmp_path):
     settings = load_settings({"data_dir": str(tmp_path), "rate_limit_burst_s": 10}, environ={})
     limiter = FakeHandle(True)
