@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -48,12 +49,26 @@ SIZES_MP = (1, 2, 4, 12, 50)
 STAGES = ("decode", "model", "compose", "encode", "store")
 
 
-def images(limit: int) -> list[tuple[str, bytes]]:
+def images(limit: int, megapixels: float | None = None) -> list[tuple[str, bytes]]:
+    """The first ``limit`` GrabCut photos; with ``megapixels``, each resized to about that many
+    megapixels (aspect kept) and saved again as JPEG at quality 90, like a catalog photo."""
+    from PIL import Image
+
     from pipeline.evaluation.evalsets import IMAGE_SUFFIXES, default_eval_dir
 
     folder = default_eval_dir() / "grabcut" / "images"
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
-    return [(p.name, p.read_bytes()) for p in files]
+    if megapixels is None:
+        return [(p.name, p.read_bytes()) for p in files]
+    out = []
+    for p in files:
+        with Image.open(p) as im:
+            scale = (megapixels * 1e6 / (im.width * im.height)) ** 0.5
+            big = im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        big.save(buf, "JPEG", quality=90)
+        out.append((p.stem + ".jpg", buf.getvalue()))
+    return out
 
 
 def pct(values: list[float], q: float) -> float:
@@ -358,6 +373,18 @@ class ClusterWatch:
                 pass
         return out
 
+    def high_water(self) -> dict[str, int]:
+        """``Deployment#pid`` -> the most resident memory (bytes) each Serve replica has had since
+        it started (the kernel's ``VmHWM``): a peak read once, without sampling beside the load."""
+        out = {}
+        for key in self.replicas():
+            try:
+                status = Path(f"/proc/{key.split('#')[1]}/status").read_text()
+                out[key] = 1024 * int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+            except (OSError, StopIteration, ValueError):
+                pass
+        return out
+
     def start(self) -> None:
         self.peak = {}
         self._stop.clear()
@@ -384,6 +411,16 @@ class LoadResult:
     errors: int
     timings: list[dict[str, float]] = field(default_factory=list)
     retries: int = 0  # 503s with Retry-After that the client waited out and sent again
+
+    def merge(self, other: LoadResult) -> LoadResult:
+        """Both runs as one: their answers, and their walls added."""
+        return LoadResult(
+            self.latencies + other.latencies,
+            self.wall + other.wall,
+            self.errors + other.errors,
+            self.timings + other.timings,
+            self.retries + other.retries,
+        )
 
 
 MakeRequest = Callable[[Any, str, str, bytes], Awaitable[Any]]
@@ -474,43 +511,117 @@ def stage_report(name: str, timings: list[dict[str, float]]) -> tuple[str, list[
     return f"| {name} | " + " | ".join(f"{means[k]:.1f}" for k in keys) + f" | {overhead:.1f} |", keys
 
 
-def bench_service(data, concurrencies, rounds, overload_s: float) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
+def bench_service(
+    data, concurrencies, rounds, overload_s: float, rembg_python: str | None = None
+) -> tuple[list[str], list[str], list[str], dict[str, Any]]:
+    """Our service over HTTP at each concurrency, and rembg's server beside it when ``rembg_python`` is given.
+
+    Both services are up for the whole comparison and take turns: in each round every
+    concurrency runs once against each, the order flipping from round to round, so that the
+    other work on this shared machine falls on both alike (compare the two rows of one run).
+    """
     from tests.harness import running_service
 
     rows, stage_rows, memory_rows, overload = [], [], [], {}
-    # the result cache off: every round runs the whole pipeline (bench_cache measures the cache)
-    with running_service(env_extra={"CUTOUT_RATE_LIMIT_RPM": "0", "CUTOUT_RESULT_CACHE_S": "0"}, as_shipped=True) as svc:
+    from pipeline import tokens
 
-        async def ours(client, url, name, raw):
-            body = {"sku": name, "file": base64.b64encode(raw).decode()}
-            return await client.post(url + "/product/cutout", json=body, headers={"api_token": svc.token})
+    # the result cache off: every round runs the whole pipeline (bench_cache measures the cache);
+    # the rate limit as shipped (the closed loops stay within it)
+    with running_service(env_extra={"CUTOUT_RESULT_CACHE_S": "0"}, as_shipped=True) as svc:
+        with rembg_server(rembg_python) if rembg_python else _nothing() as rembg:
 
-        watch = ClusterWatch(svc.head_pid)
-        results = {}
-        keys: list[str] = []
-        for c in concurrencies:
-            cpu = watch.cpu_seconds()
-            watch.start()
-            res = asyncio.run(closed_loop(svc.url, ours, data, c, rounds))
-            peak = watch.stop()
-            cpu_per = (watch.cpu_seconds() - cpu) / len(res.latencies)
-            results[c] = res
-            note = "crop + PNG stored + signed URL" + (f"; {res.retries} retries after 503 + Retry-After" if res.retries else "")
-            rows.append(row(f"this service over HTTP, concurrency {c}", res.latencies, res.wall, res.errors, cpu_per, note))
-            line, keys = stage_report(f"concurrency {c}", res.timings)
-            stage_rows.append(line)
-            by_stage: dict[str, int] = {}
-            for key, rss in peak.items():
-                stage = key.split("#")[0]
-                by_stage[stage] = max(by_stage.get(stage, 0), rss)
-            memory_rows.append(f"| concurrency {c} | " + " | ".join(f"{by_stage.get(s, 0) / 2**20:.0f}" for s in REPLICAS) + " |")
-            print(rows[-1], flush=True)
+            async def ours(client, url, name, raw):
+                body = {"sku": name, "file": base64.b64encode(raw).decode()}
+                return await client.post(url + "/product/cutout", json=body, headers={"api_token": svc.token})
+
+            async def theirs(client, url, name, raw):
+                return await client.post(url + "/api/remove", files={"file": (name, raw)}, data={"model": "u2netp"})
+
+            watch = ClusterWatch(svc.head_pid)
+            sides = {"ours": (svc.url, ours, watch)}
+            if rembg:
+                sides["rembg"] = (rembg[0], theirs, ClusterWatch(rembg[1]))
+            results: dict[tuple[str, int], LoadResult] = {}
+            cpu: dict[tuple[str, int], float] = {}
+            peaks: dict[int, dict[str, int]] = {}
+            for r in range(rounds):
+                for c in concurrencies:
+                    for side in sorted(sides, reverse=bool(r % 2)):
+                        url, make_request, side_watch = sides[side]
+                        before = side_watch.cpu_seconds()
+                        res = asyncio.run(closed_loop(url, make_request, data, c, 1))
+                        if side == "ours":  # nothing sampled while the load runs: the cores are the two sides' only
+                            peaks[c] = watch.high_water()
+                        cpu[side, c] = cpu.get((side, c), 0.0) + side_watch.cpu_seconds() - before
+                        results[side, c] = results[side, c].merge(res) if (side, c) in results else res
+                        print(f"round {r + 1}, {side}, concurrency {c}: {len(res.latencies) / res.wall:.2f} images/s", flush=True)
+            for c in concurrencies:
+                res = results["ours", c]
+                note = "crop + PNG stored + signed URL" + (
+                    f"; {res.retries} retries after 503 + Retry-After" if res.retries else ""
+                )
+                rows.append(
+                    row(
+                        f"this service over HTTP, concurrency {c}",
+                        res.latencies,
+                        res.wall,
+                        res.errors,
+                        cpu["ours", c] / len(res.latencies),
+                        note,
+                    )
+                )
+                line, keys = stage_report(f"concurrency {c}", res.timings)
+                stage_rows.append(line)
+                by_stage: dict[str, int] = {}
+                for key, rss in peaks.get(c, {}).items():
+                    stage = key.split("#")[0]
+                    by_stage[stage] = max(by_stage.get(stage, 0), rss)
+                memory_rows.append(
+                    f"| concurrency {c} | " + " | ".join(f"{by_stage.get(s, 0) / 2**20:.0f}" for s in REPLICAS) + " |"
+                )
+            for c in concurrencies if rembg else ():
+                res = results["rembg", c]
+                name = f"rembg server (`rembg s`, u2netp), concurrency {c}"
+                rows.append(
+                    row(
+                        name,
+                        res.latencies,
+                        res.wall,
+                        res.errors,
+                        cpu["rembg", c] / len(res.latencies),
+                        "uncropped PNG in the response",
+                    )
+                )
+            for c in concurrencies if rembg else ():
+                ours_rate = len(results["ours", c].latencies) / results["ours", c].wall
+                theirs_rate = len(results["rembg", c].latencies) / results["rembg", c].wall
+                ours_cpu = cpu["ours", c] / len(results["ours", c].latencies)
+                theirs_cpu = cpu["rembg", c] / len(results["rembg", c].latencies)
+                rows.append(
+                    f"| this service / rembg's server, concurrency {c} | | **{ours_rate / theirs_rate:.2f}x** | "
+                    f"{statistics.median(results['ours', c].latencies) / statistics.median(results['rembg', c].latencies):.2f}x | | | | "
+                    f"**{ours_cpu / theirs_cpu:.2f}x** | throughput, p50 and CPU per image, ours over theirs |"
+                )
+            print("\n".join(rows), flush=True)
         stage_rows.insert(
             0, "| load | " + " | ".join(f"{k} ms" for k in keys) + " | Serve overhead ms |\n|---|" + "---|" * (len(keys) + 1)
         )
         if overload_s > 0:
-            overload = run_overload(svc, ours, data, results, watch, overload_s)
+            # the overload measures admission, not the rate limit: its organization has none
+            unlimited = tokens.create_token(svc.data_dir / "tokens.json", "overload", rpm=0)
+
+            async def overload_request(client, url, name, raw):
+                body = {"sku": name, "file": base64.b64encode(raw).decode()}
+                return await client.post(url + "/product/cutout", json=body, headers={"api_token": unlimited})
+
+            results_ours = {c: results["ours", c] for c in concurrencies}
+            overload = run_overload(svc, overload_request, data, results_ours, watch, overload_s)
     return rows, stage_rows, memory_rows, overload
+
+
+@contextlib.contextmanager
+def _nothing():
+    yield None
 
 
 REPLICAS = ("Ingress", "Fetcher", "Segmenter", "Uploader", "Moderator", "RateLimiter")
@@ -677,7 +788,9 @@ def overload_report(o: dict[str, Any]) -> str:
     )
 
 
-def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
+@contextlib.contextmanager
+def rembg_server(python: str):
+    """rembg's own server (`rembg s`) on a free port, with the shipped u2netp.onnx: yields (url, pid)."""
     import httpx
 
     from pipeline.models.registry import get_spec
@@ -701,28 +814,9 @@ def bench_rembg(python: str, data, concurrencies, rounds) -> list[str]:
             except httpx.HTTPError:
                 pass
             time.sleep(1)
-
-        async def theirs(client, url, name, raw):
-            return await client.post(url + "/api/remove", files={"file": (name, raw)}, data={"model": "u2netp"})
-
-        watch = ClusterWatch(proc.pid)
-        rows = []
-        for c in concurrencies:
-            cpu = watch.cpu_seconds()
-            res = asyncio.run(closed_loop(url, theirs, data, c, rounds))
-            cpu_per = (watch.cpu_seconds() - cpu) / len(res.latencies)
-            rows.append(
-                row(
-                    f"rembg server (`rembg s`, u2netp), concurrency {c}",
-                    res.latencies,
-                    res.wall,
-                    res.errors,
-                    cpu_per,
-                    "uncropped PNG in the response",
-                )
-            )
-            print(rows[-1], flush=True)
-        return rows
+        else:
+            raise RuntimeError("rembg's server did not start")
+        yield url, proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -748,12 +842,16 @@ def machine() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=50)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over the images at each concurrency (services take turns)")
     parser.add_argument("--concurrency", default="1,4")
     parser.add_argument("--batch", type=int, default=4, help="the larger batch of the model-alone rows")
     parser.add_argument("--sizes", default=",".join(str(s) for s in SIZES_MP), help="megapixels of the size sweep ('' to skip)")
     parser.add_argument("--overload-s", type=float, default=60, help="seconds of 4x overload (0 to skip)")
     parser.add_argument("--rembg-python", default=None)
+    parser.add_argument("--service-only", action="store_true", help="skip the model-alone and in-process rows")
+    parser.add_argument(
+        "--megapixels", type=float, default=None, help="resize the photos to about this many megapixels (JPEG q90)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--sweep-one", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache-only", action="store_true", help="only the result-cache pass (its own section of --out)")
@@ -763,34 +861,42 @@ def main() -> int:
         return 0
     if args.cache_only:
         return run_cache_pass(args.out)
-    data = images(args.images)
+    data = images(args.images, args.megapixels)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
-    stages = make_stages()
-    rows = bench_model(stages, data, (1, args.batch))
-    in_process, per_stage = bench_in_process(stages, data)
-    rows += in_process
-    del stages
+    rows: list[str] = []
+    per_stage: dict[str, float] = {}
+    if not args.service_only:
+        stages = make_stages()
+        rows += bench_model(stages, data, (1, args.batch))
+        in_process, per_stage = bench_in_process(stages, data)
+        rows += in_process
+        del stages
     print("\n".join(rows), flush=True)
     sizes = bench_sizes(tuple(float(s) for s in args.sizes.split(",") if s)) if args.sizes else []
-    service_rows, stage_rows, memory_rows, overload = bench_service(data, concurrencies, args.rounds, args.overload_s)
+    service_rows, stage_rows, memory_rows, overload = bench_service(
+        data, concurrencies, args.rounds, args.overload_s, args.rembg_python
+    )
     rows += service_rows
-    if args.rembg_python:
-        rows += bench_rembg(args.rembg_python, data, concurrencies, args.rounds)
     parts = [
-        f"Machine: {machine()}; {len(data)} GrabCut images x {args.rounds} round(s); "
+        f"Machine: {machine()}; {len(data)} GrabCut images"
+        + (f" resized to {args.megapixels:g} MP (JPEG q90)" if args.megapixels else "")
+        + f" x {args.rounds} round(s); "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; default settings (serve_config.yaml as shipped)",
         "",
         HEADER,
         *rows,
         "",
-        "In-process pipeline, mean wall ms per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items()),
-        "",
+        *(
+            ["In-process pipeline, mean wall ms per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in per_stage.items()), ""]
+            if per_stage
+            else []
+        ),
         "Per-stage time inside the service (means of its `Server-Timing` header, ms; the overhead is",
         "the total minus the stages: HTTP, Serve routing between replicas, object transfer):",
         "",
         *stage_rows,
         "",
-        "Peak resident memory per replica (MB, the largest replica of each deployment):",
+        "Peak resident memory per replica since it started, after the runs at each concurrency (MB, the largest replica of each deployment):",
         "",
         "| load | " + " | ".join(REPLICAS) + " |",
         "|---|" + "---|" * len(REPLICAS),
