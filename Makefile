@@ -46,7 +46,7 @@ serve: $(STAMP)
 	serve run --address 127.0.0.1:$(RAY_PORT) serve_config.yaml
 
 # the venv's tools first on PATH: tests start `serve` and `ray` as the user would
-PYTEST = PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q
+PYTEST = PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --durations=10
 
 ## Lint and check the formatting (ruff, configured in pyproject.toml), then run the whole test suite:
 ## everything on one Ray node first, then the multi-node cluster tests in a pytest of their own

@@ -13,7 +13,8 @@ Everything runs on this machine, in one run, on the GrabCut photos of ../shared/
 - overload: open-loop arrivals at 4x the measured sustainable rate for a minute (admitted
   latency against unloaded, how fast the rest are refused, memory after);
 - rembg's own server (`rembg s`, the same u2netp.onnx) at the same concurrencies, when
-  `--rembg-python` names the python of a virtualenv with `rembg[cli]`.
+  `--rembg-python` names the python of a virtualenv with `rembg[cli]`: the two services take
+  turns round by round (the order flipped each round), and a row gives ours over theirs.
 
     .venv/bin/python benchmarks/bench.py [--rembg-python /tmp/rembg-venv/bin/python] [--out docs/benchmarks.md]
 """
