@@ -149,7 +149,8 @@ class FairAdmission:
         self._waited = self._expected = 0.0  # decayed sums of real and expected waits
         self._measured = False
         self._refused_at = -math.inf  # when a request was last refused on arrival
-        self._finishing: asyncio.Semaphore | None = None  # room among requests past their forward (Slot)
+        # room among the requests past their forward, being finished (Slot.hand_on)
+        self.finishing = asyncio.Semaphore(slots)
 
     @property
     def queued(self) -> int:
@@ -328,13 +329,10 @@ class Slot:
         (a no-op after the first call)."""
         if self._granted is None:
             return
-        admission = self.admission
-        if admission._finishing is None:
-            admission._finishing = asyncio.Semaphore(admission.slots)
-        await admission._finishing.acquire()
+        await self.admission.finishing.acquire()
         self._finishing = True
         granted, self._granted = self._granted, None
-        admission.release(granted)
+        self.admission.release(granted)
 
     def close(self) -> None:
         """The request is answered: give back whatever it still holds."""
@@ -343,8 +341,7 @@ class Slot:
             self.admission.release(granted)
         if self._finishing:
             self._finishing = False
-            assert self.admission._finishing is not None
-            self.admission._finishing.release()
+            self.admission.finishing.release()
 
 
 class RefusalPacer:
