@@ -529,17 +529,13 @@ def bench_service(
     # the result cache off: every round runs the whole pipeline (bench_cache measures the cache);
     # the rate limit as shipped (the closed loops stay within it)
     with running_service(env_extra={"CUTOUT_RESULT_CACHE_S": "0"}, as_shipped=True) as svc:
-        with rembg_server(rembg_python) if rembg_python else _nothing() as rembg:
-
-            async def ours(client, url, name, raw):
-                body = {"sku": name, "file": base64.b64encode(raw).decode()}
-                return await client.post(url + "/product/cutout", json=body, headers={"api_token": svc.token})
+        with rembg_server(rembg_python) if rembg_python else contextlib.nullcontext() as rembg:
 
             async def theirs(client, url, name, raw):
                 return await client.post(url + "/api/remove", files={"file": (name, raw)}, data={"model": "u2netp"})
 
             watch = ClusterWatch(svc.head_pid)
-            sides = {"ours": (svc.url, ours, watch)}
+            sides = {"ours": (svc.url, cutout_request(svc.token), watch)}
             if rembg:
                 sides["rembg"] = (rembg[0], theirs, ClusterWatch(rembg[1]))
             results: dict[tuple[str, int], LoadResult] = {}
@@ -556,21 +552,22 @@ def bench_service(
                         cpu[side, c] = cpu.get((side, c), 0.0) + side_watch.cpu_seconds() - before
                         results[side, c] = results[side, c].merge(res) if (side, c) in results else res
                         print(f"round {r + 1}, {side}, concurrency {c}: {len(res.latencies) / res.wall:.2f} images/s", flush=True)
+            rate = {key: len(res.latencies) / res.wall for key, res in results.items()}
+            cpu_per = {key: cpu[key] / len(res.latencies) for key, res in results.items()}
+            p50 = {key: statistics.median(res.latencies) for key, res in results.items()}
+            names = {
+                "ours": ("this service over HTTP", "crop + PNG stored + signed URL"),
+                "rembg": ("rembg server (`rembg s`, u2netp)", "uncropped PNG in the response"),
+            }
+            for side in sides:
+                for c in concurrencies:
+                    res = results[side, c]
+                    name, note = names[side]
+                    if res.retries:
+                        note += f"; {res.retries} retries after 503 + Retry-After"
+                    rows.append(row(f"{name}, concurrency {c}", res.latencies, res.wall, res.errors, cpu_per[side, c], note))
             for c in concurrencies:
                 res = results["ours", c]
-                note = "crop + PNG stored + signed URL" + (
-                    f"; {res.retries} retries after 503 + Retry-After" if res.retries else ""
-                )
-                rows.append(
-                    row(
-                        f"this service over HTTP, concurrency {c}",
-                        res.latencies,
-                        res.wall,
-                        res.errors,
-                        cpu["ours", c] / len(res.latencies),
-                        note,
-                    )
-                )
                 line, keys = stage_report(f"concurrency {c}", res.timings)
                 stage_rows.append(line)
                 by_stage: dict[str, int] = {}
@@ -580,29 +577,13 @@ def bench_service(
                 memory_rows.append(
                     f"| concurrency {c} | " + " | ".join(f"{by_stage.get(s, 0) / 2**20:.0f}" for s in REPLICAS) + " |"
                 )
-            for c in concurrencies if rembg else ():
-                res = results["rembg", c]
-                name = f"rembg server (`rembg s`, u2netp), concurrency {c}"
-                rows.append(
-                    row(
-                        name,
-                        res.latencies,
-                        res.wall,
-                        res.errors,
-                        cpu["rembg", c] / len(res.latencies),
-                        "uncropped PNG in the response",
+                if rembg:
+                    ours, theirs_ = ("ours", c), ("rembg", c)
+                    rows.append(
+                        f"| this service / rembg's server, concurrency {c} | | **{rate[ours] / rate[theirs_]:.2f}x** | "
+                        f"{p50[ours] / p50[theirs_]:.2f}x | | | | **{cpu_per[ours] / cpu_per[theirs_]:.2f}x** | "
+                        "throughput, p50 and CPU per image, ours over theirs |"
                     )
-                )
-            for c in concurrencies if rembg else ():
-                ours_rate = len(results["ours", c].latencies) / results["ours", c].wall
-                theirs_rate = len(results["rembg", c].latencies) / results["rembg", c].wall
-                ours_cpu = cpu["ours", c] / len(results["ours", c].latencies)
-                theirs_cpu = cpu["rembg", c] / len(results["rembg", c].latencies)
-                rows.append(
-                    f"| this service / rembg's server, concurrency {c} | | **{ours_rate / theirs_rate:.2f}x** | "
-                    f"{statistics.median(results['ours', c].latencies) / statistics.median(results['rembg', c].latencies):.2f}x | | | | "
-                    f"**{ours_cpu / theirs_cpu:.2f}x** | throughput, p50 and CPU per image, ours over theirs |"
-                )
             print("\n".join(rows), flush=True)
         stage_rows.insert(
             0, "| load | " + " | ".join(f"{k} ms" for k in keys) + " | Serve overhead ms |\n|---|" + "---|" * (len(keys) + 1)
@@ -610,19 +591,19 @@ def bench_service(
         if overload_s > 0:
             # the overload measures admission, not the rate limit: its organization has none
             unlimited = tokens.create_token(svc.data_dir / "tokens.json", "overload", rpm=0)
-
-            async def overload_request(client, url, name, raw):
-                body = {"sku": name, "file": base64.b64encode(raw).decode()}
-                return await client.post(url + "/product/cutout", json=body, headers={"api_token": unlimited})
-
             results_ours = {c: results["ours", c] for c in concurrencies}
-            overload = run_overload(svc, overload_request, data, results_ours, watch, overload_s)
+            overload = run_overload(svc, cutout_request(unlimited), data, results_ours, watch, overload_s)
     return rows, stage_rows, memory_rows, overload
 
 
-@contextlib.contextmanager
-def _nothing():
-    yield None
+def cutout_request(token: str) -> MakeRequest:
+    """``POST /product/cutout`` of a photo by base64 with ``token``, for :func:`closed_loop` and :func:`open_loop`."""
+
+    async def post(client, url, name, raw):
+        body = {"sku": name, "file": base64.b64encode(raw).decode()}
+        return await client.post(url + "/product/cutout", json=body, headers={"api_token": token})
+
+    return post
 
 
 REPLICAS = ("Ingress", "Fetcher", "Segmenter", "Uploader", "Moderator", "RateLimiter")
@@ -647,10 +628,11 @@ def bench_cache(data: list[tuple[str, bytes]], concurrency: int = CACHE_CONCURRE
         states: dict[str, list[str]] = {"first": [], "repeat": []}
         urls: dict[str, dict[str, str]] = {"first": {}, "repeat": {}}
 
+        post = cutout_request(svc.token)
+
         def make(pass_name: str):
             async def send(client, url, name, raw):
-                body = {"sku": name, "file": base64.b64encode(raw).decode()}
-                response = await client.post(url + "/product/cutout", json=body, headers={"api_token": svc.token})
+                response = await post(client, url, name, raw)
                 states[pass_name].append(response.headers.get("x-cache", "-"))
                 if response.status_code == 200:
                     urls[pass_name][name] = response.json()["result_url"]
