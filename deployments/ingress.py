@@ -130,7 +130,9 @@ class Ingress:
         self.moderator = moderator
         self.uploader = uploader
         self.limiter = limiter
-        self.admission = FairAdmission(settings.ingress_max_inflight, settings.admission_max_wait_s)
+        self.admission = FairAdmission(
+            settings.ingress_max_inflight, settings.admission_max_wait_s, alone_slots=settings.ingress_max_inflight_alone
+        )
         self.pacer = RefusalPacer(MIN_FAST_REFUSALS_PER_S, settings.overload_refusal_delay_s)
         self.denials = DenialCache()
         # while the shared limiter is down or restarting: the same limits, held by this replica
@@ -271,7 +273,7 @@ class Ingress:
             ) from None
         except Overloaded as exc:
             raise _overloaded(exc) from None
-        slot = Slot(self.admission, granted, 1000.0 * (time.monotonic() - asked))
+        slot = Slot(self.admission, granted, org, 1000.0 * (time.monotonic() - asked))
         try:
             yield slot
         finally:
@@ -467,7 +469,10 @@ class Ingress:
             reached.append("moderate")
             await self.moderator.check_input.remote(fetched.image)
         reached.append("segment")
-        segmentation = await self.segmenter.segment.remote(fetched.model_input, quality)
+        # other requests in the pipeline: an image comes after this one soon, worth a moment's
+        # wait at the segmenter to run the two side by side (on a CPU, one thread each)
+        more_coming = slot is not None and slot.others() > 0
+        segmentation = await self.segmenter.segment.remote(fetched.model_input, quality, more_coming)
         if slot is not None:
             await slot.hand_on()
         options = CutoutOptions(

@@ -1,4 +1,4 @@
-"""Segmenter deployment: the model, batched with ``@serve.batch``; GPU when configured."""
+"""Segmenter deployment: the model, batched (:class:`~pipeline.batching.Batcher`); GPU when configured."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 from ray import serve
 
 from deployments.metrics import SegmenterMetrics
+from pipeline.batching import Batcher
 from pipeline.service import Segmentation
 from pipeline.settings import Settings
 
@@ -27,13 +28,13 @@ class Segmenter:
         self.model = segmenter_from_settings(settings, cpus)
         # Waits on the model's own long-lived workers (pipeline.segment), off the event loop.
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="segmenter")
-        self._infer.set_max_batch_size(settings.segmenter_batch_size)
-        self._infer.set_batch_wait_timeout_s(settings.segmenter_batch_wait_s)
+        self._batcher = Batcher(
+            self._infer, settings.segmenter_batch_size, settings.segmenter_batch_wait_s, settings.segmenter_partner_wait_s
+        )
         # the widest forward: a full batch of `best` requests, each with its mirror
         self.model.warm_up(2 * settings.segmenter_batch_size)
         self.metrics = SegmenterMetrics()
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _infer(self, inputs: list[tuple[np.ndarray, float, bool]]) -> list[Segmentation]:
         started = time.perf_counter()
         self.metrics.record(1000.0 * (started - arrived) for _, arrived, _ in inputs)
@@ -47,16 +48,18 @@ class Segmenter:
             for p, (_, arrived, _) in zip(probabilities, inputs)
         ]
 
-    async def segment(self, model_input: np.ndarray | None, quality: str = "fast") -> Segmentation:
+    async def segment(self, model_input: np.ndarray | None, quality: str = "fast", more_coming: bool = False) -> Segmentation:
         """The low-resolution probability map (None when the output alpha needs no model).
 
         Args:
             model_input: (S, S, 3) uint8 at the model's input size; never the full image.
             quality: ``best`` also runs the model on the mirrored input and averages the two.
+            more_coming: The caller has more images on their way here (let in, being
+                fetched): this one may wait up to ``segmenter_partner_wait_s`` to run beside them.
         """
         if model_input is None:
             return Segmentation(None)
-        return await self._infer((model_input, time.perf_counter(), quality == "best"))
+        return await self._batcher.submit((model_input, time.perf_counter(), quality == "best"), more_coming)
 
     async def ready(self) -> bool:
         """Used by ``/healthz``."""

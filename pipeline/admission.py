@@ -13,6 +13,14 @@ still uses every slot: the policy wastes no capacity. A request holds its slot u
 is done with it and then hands it on (:class:`Slot`), so that the next image's forward does not
 wait for this one's cutout to be stored.
 
+An organization that has the replica to itself (no request of another one holds a slot or
+waits for one, or did within ``ALONE_AFTER_S``) may use ``alone_slots`` instead of ``slots``:
+on a CPU its images then reach the segmenter together and run side by side, one thread each, which costs less CPU per image than
+one image on every thread after another (a single-thread forward never waits at a barrier for
+a core that another process took). As soon as another organization's request arrives, no
+request is let in past ``slots`` again: that request goes next (its tag) and waits only for the
+slots already taken to free.
+
 A request is refused (503 ``overloaded``) only when its *expected* wait exceeds ``max_wait_s``
 (while the service is overloaded, taken with a margin for the estimate's error). The expected wait is the number of requests that would go before it, plus one,
 divided by the rate at which this replica's pipeline finishes requests, measured: by Little's
@@ -47,6 +55,7 @@ import itertools
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -92,6 +101,10 @@ _CALIBRATION_MIN_SHARE = 0.5
 # queues (at most max_wait_s / this) rather than being refused on a guess; the first request
 # that finishes replaces it.
 UNMEASURED_PIPELINE_S = 0.1
+# An organization whose request held or waited for a slot less than this long ago still keeps
+# another one from having the replica to itself: one that sends its requests one after the
+# other is not gone between them, and so never has to wait for the alone slots to free.
+ALONE_AFTER_S = 1.0
 # A held refusal waits between this share of the delay and all of it: long enough that a client
 # retrying at once comes back about once a delay, spread so that held clients do not synchronise.
 HELD_SHARE_MIN = 0.8
@@ -126,6 +139,8 @@ class FairAdmission:
         initial_pipeline_s: The pipeline time assumed until a request has finished; the first
             one measured replaces it.
         clock: Monotonic seconds (tests pass their own).
+        alone_slots: Requests in the pipeline at once while they and every queued request are
+            of one organization (0: ``slots``; never fewer).
     """
 
     def __init__(
@@ -134,14 +149,18 @@ class FairAdmission:
         max_wait_s: float,
         initial_pipeline_s: float = UNMEASURED_PIPELINE_S,
         clock: Callable[[], float] = time.monotonic,
+        alone_slots: int = 0,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.slots = slots
+        self.alone_slots = max(slots, alone_slots)
         self.max_wait_s = max_wait_s
         self.pipeline_s = initial_pipeline_s
         self.clock = clock
         self.inflight = 0
+        self._holders: Counter[str] = Counter()  # slots held, by organization
+        self._seen: dict[str, float] = {}  # each organization's last acquire or release, within ALONE_AFTER_S
         self._waiting: list[_Waiter] = []  # a heap by (start tag, arrival)
         self._vtime = 0.0  # the start tag of the request let in last
         self._finish: dict[str, float] = {}  # each organization's last finish tag, while ahead of the virtual time
@@ -150,7 +169,7 @@ class FairAdmission:
         self._measured = False
         self._refused_at = -math.inf  # when a request was last refused on arrival
         # room among the requests past their forward, being finished (Slot.hand_on)
-        self.finishing = asyncio.Semaphore(slots)
+        self.finishing = asyncio.Semaphore(self.alone_slots)
 
     @property
     def queued(self) -> int:
@@ -159,7 +178,27 @@ class FairAdmission:
 
     def rate(self) -> float:
         """Requests per second this replica's full pipeline finishes (measured)."""
-        return self.slots / max(self.pipeline_s, 1e-3)
+        return self._open_slots() / max(self.pipeline_s, 1e-3)
+
+    def _open_slots(self, org: str | None = None) -> int:
+        """The slots open to ``org``'s next request (None: to the organization holding or
+        waiting for every slot, if only one does): ``alone_slots`` while that organization has
+        the replica to itself, else ``slots``."""
+        if self.alone_slots == self.slots:
+            return self.slots
+        now = self.clock()
+        for gone in [o for o, t in self._seen.items() if now - t > ALONE_AFTER_S]:
+            del self._seen[gone]
+        orgs = set(self._holders) | set(self._seen) | {w.org for w in self._waiting if not w.future.done()}
+        if org is None:
+            return self.alone_slots if len(orgs) == 1 else self.slots
+        return self.alone_slots if orgs <= {org} else self.slots
+
+    def _grant(self, org: str) -> None:
+        self.inflight += 1
+        self._holders[org] += 1
+        if self.alone_slots > self.slots:
+            self._seen[org] = self.clock()
 
     def overloaded(self) -> bool:
         """Whether a request was refused on arrival within the last ``OVERLOAD_S``."""
@@ -176,7 +215,7 @@ class FairAdmission:
         return max(self._vtime, self._finish.get(org, 0.0))
 
     def _raw_wait(self, org: str) -> float:
-        if self.inflight < self.slots and not self._waiting:
+        if self.inflight < self._open_slots(org) and not self._waiting:
             return 0.0
         tag = self._start_tag(org)
         # the new request goes after every waiting request with a tag up to its own
@@ -210,8 +249,8 @@ class FairAdmission:
                 ``max_wait_s`` (nothing is queued); or within ``SHED_WINDOW_S`` of queueing, when a slot frees
                 and the estimate from its measure puts the request past the limit.
         """
-        if self.inflight < self.slots and not self._waiting:
-            self.inflight += 1
+        if self.inflight < self._open_slots(org) and not self._waiting:
+            self._grant(org)
             self._let_in(self._tag(org))
             return self.clock()
         raw, calibration, margin = self._refuse_if_too_long(org)
@@ -224,7 +263,7 @@ class FairAdmission:
             return await waiter.future
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
-                self.release(waiter.future.result(), measure=False)  # granted as it was cancelled: pass it on
+                self.release(waiter.future.result(), org, measure=False)  # granted as it was cancelled: pass it on
             else:
                 waiter.future.cancel()  # left in the heap, skipped when its turn comes
             raise
@@ -237,7 +276,7 @@ class FairAdmission:
         Raises:
             Overloaded: As :meth:`acquire` on arrival (and the refusal counts as one).
         """
-        if self.inflight < self.slots and not self._waiting:
+        if self.inflight < self._open_slots(org) and not self._waiting:
             return
         self._refuse_if_too_long(org)
 
@@ -253,11 +292,13 @@ class FairAdmission:
             raise Overloaded(wait, max(1, math.ceil(wait - self.max_wait_s / WAIT_MARGIN)))
         return raw, calibration, margin
 
-    def release(self, granted_at: float, measure: bool = True) -> None:
-        """Give a slot back and hand it to the waiting request with the smallest tag.
+    def release(self, granted_at: float, org: str, measure: bool = True) -> None:
+        """Give a slot back and hand the slots now open to the waiting requests with the
+        smallest tags (usually the one freed to one request).
 
         Args:
             granted_at: What :meth:`acquire` returned.
+            org: The organization whose request held it.
             measure: Count the time held into the pipeline-time average.
         """
         now = self.clock()
@@ -266,18 +307,30 @@ class FairAdmission:
             weight = (_EWMA_UP if held > self.pipeline_s else _EWMA_DOWN) if self._measured else 1.0
             self.pipeline_s += weight * (held - self.pipeline_s)
             self._measured = True
+        self.inflight -= 1
+        self._holders[org] -= 1
+        if self._holders[org] <= 0:
+            del self._holders[org]
+        if self.alone_slots > self.slots:
+            self._seen[org] = now
+        granted = False
         while self._waiting:
-            waiter = heapq.heappop(self._waiting)
+            waiter = self._waiting[0]
             if waiter.future.done():
-                continue  # cancelled while it waited
-            waiter.future.set_result(now)  # the slot passes on: inflight unchanged
+                heapq.heappop(self._waiting)  # cancelled while it waited
+                continue
+            if self.inflight >= self._open_slots(waiter.org):
+                break
+            heapq.heappop(self._waiting)
+            self._grant(waiter.org)
+            waiter.future.set_result(now)
             self._let_in(waiter.start)
             if waiter.expected_s is not None:
                 self._waited = _CALIBRATION_DECAY * self._waited + (now - waiter.queued_at)
                 self._expected = _CALIBRATION_DECAY * self._expected + waiter.expected_s
+            granted = True
+        if granted:
             self._shed(now)
-            return
-        self.inflight -= 1
 
     def _shed(self, now: float) -> None:
         """Refuse the queued requests that the estimate from the latest measure puts past the
@@ -310,11 +363,13 @@ class Slot:
     Args:
         admission: Where the slot came from.
         granted_at: What :meth:`FairAdmission.acquire` returned.
+        org: The organization it was granted to.
         waited_ms: How long the request queued for it (``admission`` in ``Server-Timing``).
     """
 
-    def __init__(self, admission: FairAdmission, granted_at: float, waited_ms: float = 0.0) -> None:
+    def __init__(self, admission: FairAdmission, granted_at: float, org: str, waited_ms: float = 0.0) -> None:
         self.admission = admission
+        self.org = org
         self.waited_ms = waited_ms
         self._granted: float | None = granted_at
         self._finishing = False
@@ -324,6 +379,13 @@ class Slot:
         """Whether this request still holds its pipeline slot."""
         return self._granted is not None
 
+    def others(self) -> int:
+        """How many other requests of this replica hold a slot (0 once this one has handed its
+        own on). Asked as a request reaches the model: each of them is being fetched, or is at
+        the model and frees its slot to a queued request as soon as it is done, so an image
+        comes after this one soon, worth a moment's wait to run the two side by side."""
+        return self.admission.inflight - 1 if self._granted is not None else 0
+
     async def hand_on(self) -> None:
         """The forward is done: wait for room to finish, then give the slot to the next request
         (a no-op after the first call)."""
@@ -332,13 +394,13 @@ class Slot:
         await self.admission.finishing.acquire()
         self._finishing = True
         granted, self._granted = self._granted, None
-        self.admission.release(granted)
+        self.admission.release(granted, self.org)
 
     def close(self) -> None:
         """The request is answered: give back whatever it still holds."""
         if self._granted is not None:
             granted, self._granted = self._granted, None
-            self.admission.release(granted)
+            self.admission.release(granted, self.org)
         if self._finishing:
             self._finishing = False
             self.admission.finishing.release()

@@ -244,11 +244,20 @@ class Settings(BaseModel):
         ge=1,
         le=256,
         **_doc(
-            "Most images the segmenter takes at once (`@serve.batch`): one forward pass on a GPU; on the CPU they run side by side, one per thread (docs/benchmarks.md).",
+            "Most images the segmenter takes at once: one forward pass on a GPU; on the CPU they run side by side, one per thread (docs/benchmarks.md).",
             "images",
         ),
     )
     segmenter_batch_wait_s: float = Field(0.005, ge=0, le=1, **_doc("How long the segmenter waits to fill a batch.", "seconds"))
+    segmenter_partner_wait_s: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        **_doc(
+            "Longest the segmenter keeps a batch open, past `CUTOUT_SEGMENTER_BATCH_WAIT_S`, for an image the ingress has said is coming (the batch's newest image came with other requests in the pipeline of its ingress replica, being fetched or about to pass their slot on), so that they run together: on the CPU side by side, one thread each, for less CPU per image than one after another (docs/benchmarks.md). A lone client's images never wait. 0 = never wait for them.",
+            "seconds",
+        ),
+    )
     refine_edges: Literal["auto", "guided", "bilinear"] = Field(
         "auto",
         **_doc(
@@ -285,6 +294,15 @@ class Settings(BaseModel):
         le=100000,
         **_doc(
             "Cutout requests one ingress replica lets into the pipeline at once, each until the segmenter has answered it (then it hands its slot on while its cutout is stored, with at most this many being stored at once); more wait in a fair queue (start-time fair queueing over organizations; docs/api.md, Admission). Enough to keep the segmenters busy and no more: more only lengthens the queues inside the stages, where the fair order does not hold (serve_config.yaml sets 1 for `make serve`, where the ingress answers HTTP itself: a polite organization beside a flood then waits behind one image, not two; 2 through Serve's HTTP proxy gave the same 4-client throughput as 3; docs/benchmarks.md; see cluster/serve_config.gpu.yaml).",
+            "requests",
+        ),
+    )
+    ingress_max_inflight_alone: int = Field(
+        0,
+        ge=0,
+        le=100000,
+        **_doc(
+            "Cutout requests one ingress replica lets into the pipeline at once while a single organization has it to itself (no request of another organization in the pipeline or queued, or in the last second); as soon as another organization's request comes, it goes next and waits only for `CUTOUT_INGRESS_MAX_INFLIGHT`'s worth of slots to free. On a CPU, 2 lets one organization's images reach the segmenter together and run side by side (serve_config.yaml sets 2 for `make serve`: 1.08x the images per second of four clients at 0.95x the CPU per image, docs/benchmarks.md). 0 = `CUTOUT_INGRESS_MAX_INFLIGHT`.",
             "requests",
         ),
     )
@@ -414,6 +432,8 @@ class Settings(BaseModel):
             raise ValueError("segmenter_weights_uri needs segmenter_weights_sha256")
         if self.segmenter_dtype == "float16" and self.segmenter_device != "cuda":
             raise ValueError("segmenter_dtype float16 needs segmenter_device cuda")
+        if 0 < self.ingress_max_inflight_alone < self.ingress_max_inflight:
+            raise ValueError("ingress_max_inflight_alone must be 0 or at least ingress_max_inflight")
         from pipeline.engines import resolve_engine
 
         resolve_engine(

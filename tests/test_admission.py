@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from pipeline.admission import SHED_WINDOW_S, WAIT_MARGIN, FairAdmission, Overloaded, RefusalPacer, Slot
+from pipeline.admission import ALONE_AFTER_S, SHED_WINDOW_S, WAIT_MARGIN, FairAdmission, Overloaded, RefusalPacer, Slot
 from pipeline.ratelimit import DenialCache
 
 
@@ -35,7 +35,7 @@ def test_requests_past_the_slots_queue_instead_of_being_refused():
         granted: list[str] = []
         waiting = [await _queue(admission, "acme", granted) for _ in range(6)]  # 3 s of queue
         assert admission.inflight == 2 and admission.queued == 6 and granted == []
-        admission.release(first[0])
+        admission.release(first[0], "acme")
         await asyncio.sleep(0)
         assert granted == ["acme"] and admission.inflight == 2 and admission.queued == 5
         for task in waiting:
@@ -114,7 +114,7 @@ def test_when_the_pipeline_slows_the_back_of_a_fresh_queue_is_refused_and_the_re
         with pytest.raises(Overloaded):  # the storm's other clients are refused on arrival
             await admission.acquire("acme")
         clock.now += 0.6  # the storm's CPU: the first slot frees after 0.6 s, not 0.3
-        admission.release(held)
+        admission.release(held, "acme")
         await asyncio.sleep(0)
         refused = sorted(k for k, o in outcomes.items() if isinstance(o, Overloaded))
         assert outcomes[0] == "granted"
@@ -125,7 +125,7 @@ def test_when_the_pipeline_slows_the_back_of_a_fresh_queue_is_refused_and_the_re
         assert all(outcomes[k].retry_after_s >= 1 for k in refused)
         # once past the window, a queued request is no longer refused: it is served
         clock.now += SHED_WINDOW_S
-        admission.release(clock.now - 1.0)  # slower still
+        admission.release(clock.now - 1.0, "acme")  # slower still
         await asyncio.sleep(0)
         assert admission.queued == kept - 1 and len(refused) == sum(isinstance(o, Overloaded) for o in outcomes.values())
         for task in tasks:
@@ -144,7 +144,7 @@ def test_one_slow_request_under_a_modest_load_turns_no_queued_request_away():
         granted: list[str] = []
         tasks = [await _queue(admission, "acme", granted) for _ in range(7)]  # eight clients
         clock.now += 0.5  # the queue waited 0.5 s behind a large image that took 1.9 s:
-        admission.release(clock.now - 1.9)  # the measure jumps to 1.1 s, and 7 x 1.1 x 1.2 > 5
+        admission.release(clock.now - 1.9, "acme")  # the measure jumps to 1.1 s, and 7 x 1.1 x 1.2 > 5
         await asyncio.sleep(0)
         assert admission.pipeline_s > 0.8 and granted == ["acme"] and admission.queued == 6
         assert not any(t.done() for t in tasks[1:])  # nobody refused: nothing was refused on arrival
@@ -161,8 +161,8 @@ def test_a_polite_organization_goes_before_a_floods_queue():
         granted: list[str] = []
         tasks = [await _queue(admission, "flood", granted) for _ in range(5)]
         tasks.append(await _queue(admission, "polite", granted))
-        for _ in range(3):
-            admission.release(held)
+        for org in ("flood", "polite", "flood"):  # who holds the slot
+            admission.release(held, org)
             await asyncio.sleep(0)
             held = admission.clock()
         # the polite organization's one request went in first, not after the flood's five
@@ -199,8 +199,8 @@ def test_organizations_that_all_flood_take_turns_and_one_alone_takes_every_slot(
         assert admission.inflight == 2
         granted: list[str] = []
         tasks = [await _queue(admission, org, granted) for org in ["a"] * 4 + ["b"] * 4]
-        for _ in range(6):
-            admission.release(held[0])
+        for org in ["a", "a", "b", "a", "b", "a"]:  # who holds the slot freed
+            admission.release(held[0], org)
             await asyncio.sleep(0)
         # "b" starts from the virtual time now: the two take turns, "b" first
         assert granted == ["b", "a", "b", "a", "b", "a"]
@@ -210,20 +210,68 @@ def test_organizations_that_all_flood_take_turns_and_one_alone_takes_every_slot(
     asyncio.run(scenario())
 
 
+def test_an_organization_alone_takes_its_alone_slots_and_another_one_goes_next_behind_them():
+    clock = Clock()
+
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=60.0, initial_pipeline_s=1.0, clock=clock, alone_slots=2)
+        held = [await admission.acquire("flood"), await admission.acquire("flood")]  # alone: two at once
+        assert admission.inflight == 2 and admission.rate() == pytest.approx(2.0)
+        granted: list[str] = []
+        tasks = [await _queue(admission, "flood", granted) for _ in range(3)]
+        tasks.append(await _queue(admission, "polite", granted))
+        assert admission.rate() == pytest.approx(1.0)  # two organizations: one slot
+        admission.release(held[0], "flood")
+        await asyncio.sleep(0)
+        # no flood request takes the freed slot: the polite one is next and waits for one slot
+        assert granted == [] and admission.inflight == 1
+        admission.release(held[1], "flood")
+        await asyncio.sleep(0)
+        assert granted == ["polite"] and admission.inflight == 1
+        admission.release(held[0], "polite")
+        await asyncio.sleep(0)
+        # the polite organization may send its next request at once: one slot still
+        assert granted == ["polite", "flood"] and admission.inflight == 1
+        clock.now += ALONE_AFTER_S + 0.1  # it did not: the flood is alone again
+        admission.release(held[0], "flood")
+        await asyncio.sleep(0)
+        assert granted == ["polite", "flood", "flood", "flood"] and admission.inflight == 2
+        for task in tasks:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_slot_knows_how_many_other_requests_hold_one():
+    async def scenario():
+        admission = FairAdmission(slots=1, max_wait_s=60.0, initial_pipeline_s=1.0, alone_slots=2)
+        first = Slot(admission, await admission.acquire("acme"), "acme")
+        lone = first.others()
+        second = Slot(admission, await admission.acquire("acme"), "acme")
+        assert lone == 0 and first.others() == 1 and second.others() == 1
+        await first.hand_on()
+        assert first.others() == 0 and second.others() == 0  # the first is past the model
+        first.close()
+        second.close()
+        assert admission.inflight == 0
+
+    asyncio.run(scenario())
+
+
 def test_an_organization_back_after_a_pause_gets_no_credit_for_it():
     async def scenario():
         admission = FairAdmission(slots=1, max_wait_s=60.0)
         held = await admission.acquire("quiet")
-        admission.release(held)  # then quiet for a long while, as the flood runs alone
+        admission.release(held, "quiet")  # then quiet for a long while, as the flood runs alone
         held = await admission.acquire("flood")
         granted: list[str] = []
         tasks = [await _queue(admission, "flood", granted) for _ in range(4)]
         for _ in range(2):
-            admission.release(held)
+            admission.release(held, "flood")
             await asyncio.sleep(0)
         tasks += [await _queue(admission, "quiet", granted) for _ in range(3)]
-        for _ in range(5):
-            admission.release(held)
+        for org in ["flood", "quiet", "flood", "quiet", "flood"]:  # who holds the slot
+            admission.release(held, org)
             await asyncio.sleep(0)
         # back, "quiet" goes next and then takes turns: its idle time bought it no burst
         assert granted == ["flood", "flood", "quiet", "flood", "quiet", "flood", "quiet"]
@@ -240,7 +288,7 @@ def test_expected_waits_are_calibrated_by_the_waits_queued_requests_really_had()
         admission = FairAdmission(slots=1, max_wait_s=2.0, clock=clock)  # waits of 1 s: half the limit
         held = await admission.acquire("acme")
         clock.now += 1.0
-        admission.release(held)  # the pipeline measured at 1 s
+        admission.release(held, "acme")  # the pipeline measured at 1 s
         held = await admission.acquire("acme")
         assert admission.expected_wait("acme") == pytest.approx(1.0)
         granted: list[str] = []
@@ -249,14 +297,14 @@ def test_expected_waits_are_calibrated_by_the_waits_queued_requests_really_had()
             # (e.g. the CPU is taken between requests): expected 1 s, waited 2 s
             await _queue(admission, "acme", granted)
             clock.now += 2.0
-            admission.release(held, measure=False)
+            admission.release(held, "acme", measure=False)
             await asyncio.sleep(0)
             held = clock.now
         assert admission.calibration() == pytest.approx(2.0, rel=0.05)
         assert admission.expected_wait("acme") == pytest.approx(2.0, rel=0.05)
         for _ in range(30):  # then every slot frees at once: waits shorter than expected
             await _queue(admission, "acme", granted)
-            admission.release(held, measure=False)
+            admission.release(held, "acme", measure=False)
             await asyncio.sleep(0)
         # ...never shorten the estimate: the pipeline's own measure stands
         assert admission.calibration() == 1.0
@@ -273,7 +321,7 @@ def test_the_rate_follows_the_measured_pipeline_time():
         for _ in range(30):
             granted = await admission.acquire("acme")
             clock.now += 4.0
-            admission.release(granted)
+            admission.release(granted, "acme")
         assert admission.pipeline_s == pytest.approx(4.0, rel=0.01)
         assert admission.rate() == pytest.approx(0.5, rel=0.01)
 
@@ -289,13 +337,13 @@ def test_a_cancelled_waiter_leaves_the_queue_and_a_granted_one_passes_its_slot_o
         gone.cancel()
         await asyncio.sleep(0)
         assert admission.queued == 0
-        admission.release(held)
+        admission.release(held, "a")
         assert admission.inflight == 0
         # granted and cancelled in the same turn: the slot goes to the next in line
         held = await admission.acquire("a")
         first = await _queue(admission, "b", granted)
         second = await _queue(admission, "c", granted)
-        admission.release(held)
+        admission.release(held, "a")
         first.cancel()
         await asyncio.sleep(0)
         await asyncio.sleep(0)
@@ -310,7 +358,7 @@ def test_a_segmented_request_hands_its_slot_on_and_finishing_is_bounded_too():
 
     async def scenario():
         admission = FairAdmission(slots=1, max_wait_s=60.0, initial_pipeline_s=1.0, clock=clock)
-        first = Slot(admission, await admission.acquire("acme"))
+        first = Slot(admission, await admission.acquire("acme"), "acme")
         granted: list[str] = []
         second_waits = await _queue(admission, "acme", granted)
         clock.now += 0.3  # the first request's forward takes 0.3 s
@@ -320,7 +368,7 @@ def test_a_segmented_request_hands_its_slot_on_and_finishing_is_bounded_too():
         assert granted == ["acme"] and not first.held
         assert admission.pipeline_s == pytest.approx(0.3)  # the time a slot was held: up to the forward
         await second_waits
-        second = Slot(admission, clock.now)
+        second = Slot(admission, clock.now, "acme")
         third_waits = await _queue(admission, "acme", granted)
         # the second is segmented too, but the first still finishes: the second keeps its slot
         hand_on = asyncio.create_task(second.hand_on())
@@ -332,7 +380,7 @@ def test_a_segmented_request_hands_its_slot_on_and_finishing_is_bounded_too():
         assert granted == ["acme", "acme"] and not second.held
         await second.hand_on()  # a second call changes nothing
         second.close()
-        third = Slot(admission, clock.now)
+        third = Slot(admission, clock.now, "acme")
         await third.hand_on()  # room to finish at once
         third.close()
         assert admission.inflight == 0
@@ -343,11 +391,11 @@ def test_a_segmented_request_hands_its_slot_on_and_finishing_is_bounded_too():
 def test_a_request_that_fails_before_its_forward_gives_its_slot_back():
     async def scenario():
         admission = FairAdmission(slots=1, max_wait_s=60.0, initial_pipeline_s=1.0)
-        slot = Slot(admission, await admission.acquire("acme"))
+        slot = Slot(admission, await admission.acquire("acme"), "acme")
         slot.close()  # e.g. a 422 from the fetcher: never segmented
         slot.close()
         assert admission.inflight == 0
-        again = Slot(admission, await admission.acquire("acme"))
+        again = Slot(admission, await admission.acquire("acme"), "acme")
         await asyncio.wait_for(again.hand_on(), 1.0)  # nothing left holding room to finish
         again.close()
 
@@ -387,11 +435,11 @@ def test_a_burst_at_a_cold_service_queues_and_the_first_measure_replaces_the_gue
         tasks = [await _queue(admission, "acme", granted) for _ in range(7)]  # eight clients at once
         assert admission.queued == 7
         clock.now += 0.4
-        admission.release(held)
+        admission.release(held, "acme")
         assert admission.pipeline_s == pytest.approx(0.4)  # measured: the guess is gone
         for _ in range(6):  # the burst waited far longer than the guess said: that calibrates nothing
             clock.now += 0.4
-            admission.release(clock.now - 0.4)
+            admission.release(clock.now - 0.4, "acme")
             await asyncio.sleep(0)
         assert admission.calibration() == 1.0
         tasks = [t for t in tasks if not t.done()]

@@ -396,6 +396,60 @@ def test_the_next_request_is_let_in_once_the_segmenter_has_answered_not_after_th
     asyncio.run(scenario())
 
 
+def test_an_image_with_another_on_its_way_tells_the_segmenter_so_and_a_lone_one_does_not(tmp_path):
+    from types import SimpleNamespace
+
+    from pipeline.request import parse_fields
+
+    async def scenario():
+        fetched = asyncio.Event()
+        told: list[bool] = []
+
+        class Segment:
+            def remote(self, model_input, quality, more_coming=False):
+                told.append(more_coming)
+
+                async def go():
+                    return "mask"
+
+                return go()
+
+        class Load:  # the first image is fetched at once, the second only when `fetched` is set
+            calls = 0
+
+            def remote(self, *args):
+                Load.calls += 1
+                first = Load.calls == 1
+
+                async def go():
+                    if not first:
+                        await fetched.wait()
+                    return SimpleNamespace(image="ref", model_input="input", cached=None, cache_name=None)
+
+                return go()
+
+        ingress, *_ = _graph(tmp_path, load=Load(), segment=Segment())
+        # as serve_config.yaml has it: one slot, two while one organization is alone
+        ingress.admission = type(ingress.admission)(slots=1, max_wait_s=60.0, alone_slots=2)
+
+        async def request(org):
+            async with ingress._admit(org) as slot:
+                return await ingress._run(org, parse_fields({"file": "x"}), "rid", slot=slot)
+
+        first = asyncio.create_task(request("acme"))
+        second = asyncio.create_task(request("acme"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert told == [True]  # the first reached the segmenter while the second was being fetched
+        fetched.set()
+        await asyncio.gather(first, second)
+        assert told == [True, False]
+        await request("acme")  # alone in the pipeline: nothing on its way, no wait at the segmenter
+        assert told == [True, False, False]
+
+    asyncio.run(scenario())
+
+
 def test_a_dead_rate_limiter_fails_open_to_the_same_limit_held_by_each_ingress_replica(tmp_path):
     settings = load_settings({"data_dir": str(tmp_path), "rate_limit_burst_s": 10}, environ={})
     limiter = FakeHandle(True)
