@@ -15,11 +15,13 @@ wait for this one's cutout to be stored.
 
 An organization that has the replica to itself (no request of another one holds a slot or
 waits for one, or did within ``ALONE_AFTER_S``) may use ``alone_slots`` instead of ``slots``:
-on a CPU its images then reach the segmenter together and run side by side, one thread each, which costs less CPU per image than
-one image on every thread after another (a single-thread forward never waits at a barrier for
-a core that another process took). As soon as another organization's request arrives, no
-request is let in past ``slots`` again: that request goes next (its tag) and waits only for the
-slots already taken to free.
+on a CPU its images then reach the segmenter together and run side by side, one thread each,
+which costs less CPU per image than one image on every thread after another (a single-thread
+forward never waits at a barrier for a core that another process took). As soon as another
+organization's request arrives, no request is let in past ``slots`` again: that request goes
+next (its tag) and waits only for the slots already taken to free. The time a slot is held
+side by side is measured apart (``alone_pipeline_s``): images side by side each take longer,
+and a queue estimated on the one while the other applies would wait past the limit.
 
 A request is refused (503 ``overloaded``) only when its *expected* wait exceeds ``max_wait_s``
 (while the service is overloaded, taken with a margin for the estimate's error). The expected wait is the number of requests that would go before it, plus one,
@@ -110,6 +112,13 @@ ALONE_AFTER_S = 1.0
 HELD_SHARE_MIN = 0.8
 
 
+def _follow(average: float | None, held: float) -> float:
+    """The moving average of pipeline times with ``held`` in (it, if nothing was measured)."""
+    if average is None:
+        return held
+    return average + (_EWMA_UP if held > average else _EWMA_DOWN) * (held - average)
+
+
 class Overloaded(Exception):
     """The expected wait is longer than the limit; ``retry_after_s`` says when to come back."""
 
@@ -157,6 +166,10 @@ class FairAdmission:
         self.alone_slots = max(slots, alone_slots)
         self.max_wait_s = max_wait_s
         self.pipeline_s = initial_pipeline_s
+        # the same while more than `slots` are held (images side by side: each takes longer,
+        # more finish at once); until measured, the rate of `slots` stands
+        self.alone_pipeline_s: float | None = None
+        self._beside_at = -math.inf  # when more than `slots` were held last
         self.clock = clock
         self.inflight = 0
         self._holders: Counter[str] = Counter()  # slots held, by organization
@@ -177,8 +190,12 @@ class FairAdmission:
         return sum(1 for w in self._waiting if not w.future.done())
 
     def rate(self) -> float:
-        """Requests per second this replica's full pipeline finishes (measured)."""
-        return self._open_slots() / max(self.pipeline_s, 1e-3)
+        """Requests per second this replica's full pipeline finishes (measured): ``alone_slots``
+        over the time a slot is held beside others while one organization is alone and that
+        has been measured, else ``slots`` over the time a slot is held."""
+        if self.alone_pipeline_s is not None and self._open_slots() > self.slots:
+            return self.alone_slots / max(self.alone_pipeline_s, 1e-3)
+        return self.slots / max(self.pipeline_s, 1e-3)
 
     def _open_slots(self, org: str | None = None) -> int:
         """The slots open to ``org``'s next request (None: to the organization holding or
@@ -197,6 +214,8 @@ class FairAdmission:
     def _grant(self, org: str) -> None:
         self.inflight += 1
         self._holders[org] += 1
+        if self.inflight > self.slots:
+            self._beside_at = self.clock()
         if self.alone_slots > self.slots:
             self._seen[org] = self.clock()
 
@@ -304,9 +323,13 @@ class FairAdmission:
         now = self.clock()
         if measure:
             held = now - granted_at
-            weight = (_EWMA_UP if held > self.pipeline_s else _EWMA_DOWN) if self._measured else 1.0
-            self.pipeline_s += weight * (held - self.pipeline_s)
-            self._measured = True
+            if self.inflight > self.slots:
+                self._beside_at = now
+            if granted_at <= self._beside_at:  # held while more than `slots` were: side by side
+                self.alone_pipeline_s = _follow(self.alone_pipeline_s, held)
+            else:
+                self.pipeline_s = _follow(self.pipeline_s if self._measured else None, held)
+                self._measured = True
         self.inflight -= 1
         self._holders[org] -= 1
         if self._holders[org] <= 0:
