@@ -31,7 +31,7 @@ from pipeline.accesslog import AccessRecord
 from pipeline.admission import FairAdmission, Overloaded, RefusalPacer, Slot
 from pipeline.cache import CacheRequest, cache_state, hit_body
 from pipeline.errors import CutoutError, bad_request, too_large, unauthorized, unavailable
-from pipeline.ratelimit import DenialCache, TokenBuckets, retry_after_header
+from pipeline.ratelimit import DenialCache, Leases, TokenBuckets, retry_after_header
 from pipeline.request import CutoutRequest, parse_body, parse_fields
 from pipeline.service import CutoutOptions
 from pipeline.settings import Settings
@@ -135,6 +135,7 @@ class Ingress:
         )
         self.pacer = RefusalPacer(MIN_FAST_REFUSALS_PER_S, settings.overload_refusal_delay_s)
         self.denials = DenialCache()
+        self.leases = Leases()
         # while the shared limiter is down or restarting: the same limits, held by this replica
         self.local_limits = TokenBuckets(burst_s=settings.rate_limit_burst_s)
         self.reporter = RequestReporter(settings.access_log_format)
@@ -303,7 +304,9 @@ class Ingress:
 
     async def _rate_limit(self, org: str, rpm: int) -> None:
         """429 with ``Retry-After`` when ``org`` is over ``rpm``; a refused organization is
-        answered here, without a hop to the shared limiter, until its wait is over.
+        answered here, without a hop to the shared limiter, until its wait is over. An
+        organization with several requests a second at this replica takes a few tokens at once
+        (:class:`~pipeline.ratelimit.Leases`): about one hop a second instead of one a request.
 
         Before the hop, 503 ``overloaded`` when admission would refuse the request on arrival
         anyway: a request the service has no room for costs no hop and does not spend its
@@ -319,8 +322,15 @@ class Ingress:
         refusal = self._refusal_from_memory(org, rpm)
         if refusal is not None:
             raise refusal
+        if self.leases.take(org):
+            return  # a token this replica took ahead within the last second
+        want = self.leases.want(org)
         try:
-            wait = await asyncio.wait_for(self.limiter.acquire.remote(org, rpm), timeout=LIMITER_TIMEOUT_S)
+            if want > 1:  # several requests a second: a few tokens at once, one hop a second
+                wait, tokens = await asyncio.wait_for(self.limiter.lease.remote(org, rpm, want), timeout=LIMITER_TIMEOUT_S)
+                self.leases.give(org, tokens - 1)
+            else:
+                wait = await asyncio.wait_for(self.limiter.acquire.remote(org, rpm), timeout=LIMITER_TIMEOUT_S)
         except Exception as exc:
             logger.warning("the rate limiter is unavailable (%s); limiting on this replica", type(exc).__name__)
             wait = self.local_limits.acquire(org, rpm)

@@ -18,6 +18,11 @@ class RateLimiter:
         """0 if the request may proceed, else seconds until it may."""
         return self.buckets.acquire(org, rpm)
 
+    def lease(self, org: str, rpm: int, want: int) -> tuple[float, int]:
+        """``(0, tokens)`` with one token for this request and up to ``want - 1`` more to spend
+        within a second (see ``pipeline.ratelimit.Leases``), else ``(seconds until one, 0)``."""
+        return self.buckets.take(org, rpm, want)
+
     async def ready(self) -> bool:
         """Used by ``/healthz``."""
         return True

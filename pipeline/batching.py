@@ -110,10 +110,12 @@ class Batcher(Generic[T, R]):
                 continue
             try:
                 results = await self.run([c.item for c in batch])
-            except Exception as exc:
+            except BaseException as exc:  # the batch's callers hear of it, whatever it was
                 for call in batch:
                     if not call.future.done():
-                        call.future.set_exception(exc)
+                        call.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("the batch was cancelled"))
+                if not isinstance(exc, Exception):
+                    raise  # the loop itself is cancelled (the replica stops); the next call starts another
                 continue
             for call, result in zip(batch, results):
                 if not call.future.done():

@@ -1,14 +1,25 @@
 """Per-organization request rate limits: a token bucket per organization.
 
 One instance is shared by every ingress replica (the RateLimiter deployment holds it), so
-the limit holds for the organization as a whole, not per replica.
+the limit holds for the organization as a whole, not per replica. An ingress replica that sees
+several requests of an organization a second takes a few tokens at once (a lease,
+:class:`Leases`), so that it asks the shared limiter about once a second for that organization
+rather than once per request.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
+
+# How long an ingress replica may spend tokens it took ahead (a lease); unspent ones lapse.
+LEASE_S = 1.0
+# Leases only for organizations whose burst holds at least this many tokens, and only out of the
+# top half of the bucket: a small limit is counted one request at a time, and a lease held by one
+# replica can never be why an organization near its limit is refused by another.
+LEASE_MIN_BURST = 20.0
 
 
 @dataclass
@@ -36,8 +47,17 @@ class TokenBuckets:
         Returns:
             0 when allowed, else the seconds until a token is available.
         """
+        return self.take(key, rpm, 1, now)[0]
+
+    def take(self, key: str, rpm: int, want: int, now: float | None = None) -> tuple[float, int]:
+        """Take one token for ``key`` and, as a lease, up to ``want - 1`` more while its bucket
+        holds more than half its burst and the burst is at least ``LEASE_MIN_BURST``.
+
+        Returns:
+            ``(0, tokens taken)`` when allowed, else ``(seconds until a token is available, 0)``.
+        """
         if rpm <= 0:
-            return 0.0
+            return 0.0, max(1, want)
         now = time.monotonic() if now is None else now
         rate = rpm / 60.0
         burst = max(1.0, rpm * self.burst_s / 60.0)
@@ -48,9 +68,60 @@ class TokenBuckets:
         if len(self._buckets) > self.max_keys:
             self._buckets.pop(next(iter(self._buckets)))
         if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return 0.0
-        return (1.0 - bucket.tokens) / rate
+            extra = 0
+            if want > 1 and burst >= LEASE_MIN_BURST:
+                extra = max(0, min(want - 1, math.floor(bucket.tokens - 1.0 - burst / 2)))
+            bucket.tokens -= 1.0 + extra
+            return 0.0, 1 + extra
+        return (1.0 - bucket.tokens) / rate, 0
+
+
+class Leases:
+    """The tokens an ingress replica took ahead from the shared limiter, per organization.
+
+    Each request of an organization first spends a leased token if one is left and not older
+    than ``lease_s``; otherwise the limiter is asked, for as many tokens as the replica has seen
+    requests of that organization within the last ``lease_s`` (the next second will likely bring
+    as many), and what it grants beyond the one spent now is kept.
+
+    Args:
+        lease_s: How long leased tokens may be spent; the rest lapse unspent.
+        max_keys: Organizations remembered; the least recently seen are forgotten beyond it.
+    """
+
+    def __init__(self, lease_s: float = LEASE_S, max_keys: int = 10_000) -> None:
+        self.lease_s = lease_s
+        self.max_keys = max_keys
+        self._held: dict[str, tuple[int, float]] = {}  # tokens left, and until when
+        self._seen: dict[str, deque[float]] = {}
+
+    def take(self, key: str, now: float | None = None) -> bool:
+        """Count a request of ``key``; spend a leased token for it if one is held."""
+        now = time.monotonic() if now is None else now
+        seen = self._seen.pop(key, None) or deque()
+        seen.append(now)
+        while seen[0] < now - self.lease_s:
+            seen.popleft()
+        self._seen[key] = seen  # re-inserted: most recently seen last
+        if len(self._seen) > self.max_keys:
+            oldest = next(iter(self._seen))
+            del self._seen[oldest]
+            self._held.pop(oldest, None)
+        tokens, until = self._held.get(key, (0, 0.0))
+        if tokens > 0 and now < until:
+            self._held[key] = (tokens - 1, until)
+            return True
+        self._held.pop(key, None)
+        return False
+
+    def want(self, key: str) -> int:
+        """Tokens to ask the limiter for: the requests of ``key`` seen within ``lease_s``."""
+        return max(1, len(self._seen.get(key, ())))
+
+    def give(self, key: str, tokens: int, now: float | None = None) -> None:
+        """Keep ``tokens`` leased for ``key`` for the next ``lease_s``."""
+        if tokens > 0:
+            self._held[key] = (tokens, (time.monotonic() if now is None else now) + self.lease_s)
 
 
 def retry_after_header(wait_s: float) -> int:

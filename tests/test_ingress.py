@@ -150,6 +150,13 @@ class _CountingLimiter(FakeHandle):
 
         self.acquire = _Acquire()
 
+        class _Lease:  # grants every token asked for
+            def remote(self, org, rpm, want):
+                outer.asked.append(org)
+                return _Method((0.0, want)).remote()
+
+        self.lease = _Lease()
+
 
 def test_a_request_the_full_service_would_refuse_spends_no_rate_limit(tmp_path):
     from deployments import proxy
@@ -192,6 +199,22 @@ def test_a_request_the_full_service_would_refuse_spends_no_rate_limit(tmp_path):
     # with room again, the limiter is asked (and its limit spent) once per request
     asyncio.run(_cutout_call(ingress, token, []))
     assert limiter.asked == ["acme"]
+
+
+def test_an_organization_with_several_requests_a_second_asks_the_limiter_about_once_a_second(tmp_path):
+    from pipeline import tokens
+
+    settings = load_settings({"data_dir": str(tmp_path)}, environ={})
+    token = tokens.create_token(settings.tokens_file, "acme")
+    limiter = _CountingLimiter()
+    ingress = Ingress.func_or_class(settings, *[FakeHandle(True) for _ in range(4)], limiter)
+
+    async def go():
+        return [await _cutout_call(ingress, token, []) for _ in range(7)]
+
+    asyncio.run(go())
+    # one token for the first; two (one leased) for the second; four (three leased) for the fourth
+    assert limiter.asked == ["acme"] * 3
 
 
 def test_a_refused_organization_is_answered_429_by_the_http_server_before_serves_request_path(tmp_path):
