@@ -302,7 +302,7 @@ class Settings(BaseModel):
         ge=0,
         le=100000,
         **_doc(
-            "Cutout requests one ingress replica lets into the pipeline at once while a single organization has it to itself (no request of another organization in the pipeline or queued, or in the last second); as soon as another organization's request comes, it goes next and waits only for `CUTOUT_INGRESS_MAX_INFLIGHT`'s worth of slots to free. On a CPU, 2 lets one organization's images reach the segmenter together and run side by side (serve_config.yaml sets 2 for `make serve`: 1.08x the images per second of four clients at 0.95x the CPU per image, docs/benchmarks.md). 0 = `CUTOUT_INGRESS_MAX_INFLIGHT`.",
+            "Cutout requests one ingress replica lets into the pipeline at once while a single organization has it to itself (no request of another organization in the pipeline or queued, or in the last second); as soon as another organization's request comes, it goes next and waits only for `CUTOUT_INGRESS_MAX_INFLIGHT`'s worth of slots to free. On a CPU, 2 lets one organization's images reach the segmenter together and run side by side (serve_config.yaml sets 2 for `make serve`: four clients 1.07-1.11x rembg's server's images per second at 0.93-0.97x its CPU per image, against parity with 1; docs/benchmarks.md). A value below `CUTOUT_INGRESS_MAX_INFLIGHT` (0 among them) means `CUTOUT_INGRESS_MAX_INFLIGHT`: no more while alone.",
             "requests",
         ),
     )
@@ -432,8 +432,6 @@ class Settings(BaseModel):
             raise ValueError("segmenter_weights_uri needs segmenter_weights_sha256")
         if self.segmenter_dtype == "float16" and self.segmenter_device != "cuda":
             raise ValueError("segmenter_dtype float16 needs segmenter_device cuda")
-        if 0 < self.ingress_max_inflight_alone < self.ingress_max_inflight:
-            raise ValueError("ingress_max_inflight_alone must be 0 or at least ingress_max_inflight")
         from pipeline.engines import resolve_engine
 
         resolve_engine(

@@ -494,3 +494,12 @@ def test_check_refuses_what_an_arrival_would_be_refused_and_queues_nothing():
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_alone_slots_below_the_slots_mean_no_more_while_alone(tmp_path):
+    from pipeline.settings import load_settings
+
+    # serve_config.yaml's 2 beside a cluster's ingress_max_inflight of 16: valid, and 16 either way
+    settings = load_settings({"data_dir": str(tmp_path), "ingress_max_inflight": 16, "ingress_max_inflight_alone": 2}, environ={})
+    admission = FairAdmission(settings.ingress_max_inflight, 5.0, alone_slots=settings.ingress_max_inflight_alone)
+    assert admission.alone_slots == admission.slots == 16
