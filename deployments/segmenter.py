@@ -54,8 +54,9 @@ class Segmenter:
         Args:
             model_input: (S, S, 3) uint8 at the model's input size; never the full image.
             quality: ``best`` also runs the model on the mirrored input and averages the two.
-            more_coming: The caller has more images on their way here (let in, being
-                fetched): this one may wait up to ``segmenter_partner_wait_s`` to run beside them.
+            more_coming: Other requests of the caller's ingress replica hold pipeline slots, so
+                another image comes soon: this one may wait up to ``segmenter_partner_wait_s``
+                to run beside it.
         """
         if model_input is None:
             return Segmentation(None)
